@@ -1,0 +1,1 @@
+"""Model code that is ours: plain estimators, no Hydra or MLflow inside."""

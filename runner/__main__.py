@@ -1,0 +1,65 @@
+"""``python -m runner``: the Hydra entry point, a thin shim over :func:`runner.app.run`."""
+
+from __future__ import annotations
+
+import signal
+import sys
+from types import FrameType
+
+import hydra
+from omegaconf import DictConfig
+
+from runner.config import CONFIG_MODULE, register
+
+__all__ = ["main", "normalize_argv"]
+
+_MULTIRUN_FLAGS = ("-m", "--multirun")
+
+
+def normalize_argv(argv: list[str]) -> list[str]:
+    """Move ``-m``/``--multirun`` to the front so it works anywhere on the line.
+
+    Stock Hydra's argparse rejects ``-m`` after an override (``unrecognized arguments``);
+    overrides never start with ``-``, so the flag is unambiguous wherever it stands.
+    """
+    flags = [a for a in argv if a in _MULTIRUN_FLAGS]
+    rest = [a for a in argv if a not in _MULTIRUN_FLAGS]
+    return flags[:1] + rest
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_MODULE, config_name="config")
+def _hydra_main(cfg: DictConfig) -> float:
+    from runner.app import run
+
+    return run(cfg)
+
+
+def _terminate(signum: int, frame: FrameType | None) -> None:
+    # SIGTERM takes the same way out as Ctrl-C, so runs end KILLED instead of RUNNING.
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def main() -> None:
+    """Entry point of ``python -m runner`` and the ``runner`` console script."""
+    from runner.tracking.callback import close_open_runs
+
+    sys.argv[1:] = normalize_argv(sys.argv[1:])
+    register()
+    signal.signal(signal.SIGTERM, _terminate)
+    status = "FAILED"
+    try:
+        _hydra_main()
+        status = "FINISHED"
+    except KeyboardInterrupt:
+        status = "KILLED"
+        print("interrupted: open runs were ended as KILLED", file=sys.stderr)
+        raise SystemExit(130) from None
+    except SystemExit as e:
+        status = "FINISHED" if e.code in (0, None) else "FAILED"
+        raise
+    finally:
+        close_open_runs(status)
+
+
+if __name__ == "__main__":
+    main()

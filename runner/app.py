@@ -1,0 +1,171 @@
+"""The task: instantiate the dataset and the model, fit, evaluate, log; return the objective.
+
+``run(cfg)`` is plain and testable: it knows nothing of sweeps, and it logs only through
+``runner.tracking.current()`` (a no-op when tracking is off or no callback started a run).
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import math
+import time
+from typing import Any
+
+import numpy as np
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from runner import tracking
+from runner.config import register
+from runner.data import Dataset
+from runner.errors import ConfigError, RunnerError
+from runner.seeding import seed_everything
+
+__all__ = ["model_flavor", "run"]
+
+log = logging.getLogger(__name__)
+
+DIRECTIONS = ("maximize", "minimize")
+
+
+def _check_config(cfg: DictConfig) -> None:
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if missing:
+        example = " ".join(f"{k}=..." for k in missing)
+        raise ConfigError(
+            f"required config values are missing: {', '.join(missing)}. "
+            f"Set them on the command line, e.g. `python -m runner {example}`."
+        )
+    if cfg.direction not in DIRECTIONS:
+        raise ConfigError(
+            f"direction is {cfg.direction!r}; it must be one of {', '.join(DIRECTIONS)}."
+        )
+
+
+def _instantiate(node: DictConfig, what: str) -> Any:
+    try:
+        return instantiate(node, _convert_="all")
+    except InstantiationException as e:
+        cause = e.__cause__
+        if isinstance(cause, RunnerError):
+            raise cause from None
+        target = OmegaConf.select(node, "_target_", default="?")
+        raise ConfigError(
+            f"the {what} config cannot be instantiated ({target}): {cause or e}. "
+            f"Check the {what}.* overrides against `python -m runner --cfg job`."
+        ) from None
+
+
+def model_flavor(model: Any) -> str | None:
+    """The MLflow flavor that logs ``model``: ``xgboost``, ``pytorch`` or ``sklearn``."""
+    module = type(model).__module__
+    if module.startswith("xgboost"):
+        return "xgboost"
+    if hasattr(model, "module_") and type(model.module_).__module__.startswith("torch"):
+        return "pytorch"
+    if hasattr(model, "get_params") and hasattr(model, "predict"):
+        return "sklearn"
+    return None
+
+
+def _fit_kwargs(model: Any, data: Dataset, job: tracking.NullRun) -> dict[str, Any]:
+    params = inspect.signature(model.fit).parameters
+    kwargs: dict[str, Any] = {}
+    if "on_epoch_end" in params:  # our MLP: per-epoch losses as step metrics
+        kwargs.update(
+            X_val=data.X_val,
+            y_val=data.y_val,
+            on_epoch_end=lambda epoch, metrics: job.log_metrics(metrics, step=epoch),
+        )
+    elif model_flavor(model) == "xgboost":
+        kwargs.update(eval_set=[(data.X_val, data.y_val)], verbose=False)
+    return kwargs
+
+
+def _log_boosting_rounds(model: Any, job: tracking.NullRun) -> None:
+    results = getattr(model, "evals_result", None)
+    if results is None:
+        return
+    for metric, values in (results() or {}).get("validation_0", {}).items():
+        for step, value in enumerate(values):
+            job.log_metrics({f"boost_val_{metric}": value}, step=step)
+
+
+def _log_artifacts(cfg: DictConfig, model: Any, data: Dataset, job: tracking.NullRun) -> None:
+    from runner import figures
+
+    if cfg.tracking.log_figures:
+        pred = model.predict(data.X_val)
+        if data.task == "classification":
+            fig = figures.confusion_matrix_figure(data.y_val, pred, data.target_names)
+            job.log_figure(fig, "figures/confusion_matrix.png")
+        else:
+            job.log_figure(figures.residual_figure(data.y_val, pred), "figures/residuals.png")
+    if cfg.tracking.log_importances:
+        values = figures.importances(model, data.feature_names)
+        if values:
+            import json
+
+            job.log_files({"feature_importances.json": json.dumps(values, indent=2)})
+            job.log_figure(figures.importance_figure(values), "figures/feature_importances.png")
+    flavor = model_flavor(model)
+    if cfg.tracking.log_model and flavor:
+        example = data.X_val[:5].astype(np.float32 if flavor == "pytorch" else np.float64)
+        job.log_model(model, flavor=flavor, input_example=example)
+
+
+def run(cfg: DictConfig) -> float:
+    """Run one job: fit ``cfg.model`` on ``cfg.dataset``, log, return the objective.
+
+    Args:
+        cfg: The composed job config (without the ``hydra`` node).
+
+    Returns:
+        The value of the metric named by ``cfg.objective``, for sweepers.
+
+    Raises:
+        RunnerError: Bad config or data, an objective the job did not produce, or a
+            non-finite metric.
+    """
+    register()
+    job = tracking.current()
+    _check_config(cfg)
+    seed_everything(int(cfg.seed))
+
+    data: Dataset = _instantiate(cfg.dataset, "dataset")
+    job.set_tags({"runner.dataset_digest": data.digest, "runner.task": data.task})
+    model = _instantiate(cfg.model, "model")
+    flavor = model_flavor(model)
+    log.info("fitting %s on %s (%d rows)", type(model).__name__, data.name, len(data.y_train))
+
+    start = time.perf_counter()
+    with job.autolog(flavor if cfg.tracking.autolog else None):
+        model.fit(data.X_train, data.y_train, **_fit_kwargs(model, data, job))
+    fit_time = time.perf_counter() - start
+    _log_boosting_rounds(model, job)
+
+    from runner.metrics import evaluate
+
+    start = time.perf_counter()
+    metrics = evaluate(model, data)
+    metrics["fit_time_s"] = fit_time
+    metrics["eval_time_s"] = time.perf_counter() - start
+    bad = [k for k, v in metrics.items() if not math.isfinite(v)]
+    job.log_metrics({k: v for k, v in metrics.items() if k not in bad})
+    if bad:
+        raise RunnerError(
+            f"the job produced non-finite metrics: "
+            f"{', '.join(f'{k}={metrics[k]}' for k in bad)}. The model diverged or the data "
+            "has NaN/inf values; lower the learning rate or clean the data."
+        )
+    objective = str(cfg.objective)
+    if objective not in metrics:
+        raise ConfigError(
+            f"objective {objective!r} is not a metric this job produced; it produced: "
+            f"{', '.join(sorted(metrics))}. Set objective=<one of those>."
+        )
+    _log_artifacts(cfg, model, data, job)
+    log.info("%s = %.6g", objective, metrics[objective])
+    return float(metrics[objective])

@@ -1,0 +1,269 @@
+"""The Hydra callback that logs every job to MLflow.
+
+Configured under ``hydra.callbacks.mlflow`` in conf/config.yaml. One run per job; in a
+multirun, one parent run per sweep (per experiment) created before the jobs start, and every
+job's run nested under it with MLflow's ``mlflow.parentRunId`` tag.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from hydra.core.utils import JobReturn, JobStatus
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf
+
+from runner.config import register
+from runner.errors import RunnerError, TrackingError
+from runner.tracking import provenance
+from runner.tracking._state import Sweep, state
+from runner.tracking.job import JobRun, NullRun
+from runner.tracking.params import config_params
+from runner.tracking.redact import redact_file, redact_override, redact_tree
+from runner.tracking.store import Store, check_reachable, public_uri, resolve_uri
+from runner.tracking.sweep import SweepParents
+
+__all__ = ["MLflowCallback", "close_open_runs"]
+
+log = logging.getLogger(__name__)
+
+_stores: dict[str, Store] = {}
+
+
+def _store(uri: str) -> Store:
+    # One client per store and process; the reachability check runs once per store.
+    if uri not in _stores:
+        check_reachable(uri)
+        _stores[uri] = Store(uri)
+    return _stores[uri]
+
+
+def _enabled(config: DictConfig) -> bool:
+    return bool(OmegaConf.select(config, "backend.enabled", default=False))
+
+
+def _uri(config: DictConfig) -> str:
+    launch = OmegaConf.select(config, "hydra.runtime.cwd", default=None) or Path.cwd()
+    return resolve_uri(OmegaConf.select(config, "backend.uri", default=None), Path(launch))
+
+
+def _launch_dir(config: DictConfig) -> str:
+    return str(OmegaConf.select(config, "hydra.runtime.cwd", default=None) or Path.cwd())
+
+
+def _common_tags(config: DictConfig, uri: str) -> dict[str, str]:
+    prov = provenance.collect(_launch_dir(config))
+    tags = prov.tags()
+    tags["runner.backend"] = str(OmegaConf.select(config, "backend.name", default="local"))
+    tags["runner.tracking_uri"] = public_uri(uri)
+    tags["mlflow.source.name"] = "runner"
+    return tags
+
+
+def _overrides(config: DictConfig) -> list[str]:
+    raw = OmegaConf.select(config, "hydra.overrides.task", default=None) or []
+    return [redact_override(str(o)) for o in raw]
+
+
+def _create_parent(store: Store, experiment_id: str, config: DictConfig, sweep_dir: Path) -> str:
+    overrides = _overrides(config)
+    tags = _common_tags(config, store.uri)
+    tags.update(
+        {
+            "runner.kind": "sweep",
+            "runner.sweep_dir": str(sweep_dir.resolve()),
+            "runner.overrides": json.dumps(overrides),
+        }
+    )
+    name = "sweep " + (" ".join(overrides) if overrides else sweep_dir.name)
+    return store.create_run(experiment_id, name=name[:250], tags=tags)
+
+
+def _sweep_dir(config: DictConfig) -> Path:
+    return Path(str(OmegaConf.select(config, "hydra.sweep.dir")))
+
+
+def _redact_hydra_files(config: DictConfig) -> None:
+    # Hydra writes the raw overrides (secrets included) before any callback runs.
+    out = OmegaConf.select(config, "hydra.runtime.output_dir", default=None)
+    sub = OmegaConf.select(config, "hydra.output_subdir", default=None)
+    if out and sub:
+        for name in ("config.yaml", "hydra.yaml", "overrides.yaml"):
+            redact_file(Path(out) / str(sub) / name)
+    if OmegaConf.select(config, "hydra.mode", default=None) is not None and str(
+        config.hydra.mode
+    ).endswith("MULTIRUN"):
+        redact_file(_sweep_dir(config) / "multirun.yaml")
+
+
+def _job_artifacts(config: DictConfig, prov: provenance.Provenance) -> dict[str, str]:
+    import yaml
+
+    job_cfg = OmegaConf.masked_copy(config, [k for k in config if k != "hydra"])
+    resolved = redact_tree(OmegaConf.to_container(job_cfg, resolve=True))
+    files = {"config.yaml": yaml.safe_dump(resolved, sort_keys=False)}
+    out = OmegaConf.select(config, "hydra.runtime.output_dir", default=None)
+    sub = OmegaConf.select(config, "hydra.output_subdir", default=None)
+    if out and sub:
+        for name in ("config.yaml", "hydra.yaml", "overrides.yaml"):
+            path = Path(out) / str(sub) / name
+            if path.is_file():
+                files[f".hydra/{name}"] = path.read_text(encoding="utf-8")
+    if prov.git_dirty and prov.git_diff:
+        files["provenance/git_diff.patch"] = prov.git_diff
+    return files
+
+
+def _start_job(config: DictConfig) -> JobRun:
+    uri = _uri(config)
+    store = _store(uri)
+    experiment = str(config.experiment_name)
+    exp_id = store.experiment_id(experiment)
+    hc = config.hydra
+    multirun = str(hc.mode).endswith("MULTIRUN")
+    parent = None
+    if multirun:
+        sweep_dir = _sweep_dir(config)
+        parent = SweepParents(sweep_dir).get_or_create(
+            uri, exp_id, lambda: _create_parent(store, exp_id, config, sweep_dir)
+        )
+    choices: Mapping[str, Any] = OmegaConf.to_container(hc.runtime.choices)  # type: ignore[assignment]
+    params = config_params(config, choices)
+    prov = provenance.collect(_launch_dir(config))
+    tags = _common_tags(config, uri)
+    overrides = _overrides(config)
+    tags.update(
+        {
+            "runner.kind": "job",
+            "runner.overrides": json.dumps(overrides),
+            "runner.seed": str(OmegaConf.select(config, "seed", default="")),
+            "runner.output_dir": str(hc.runtime.output_dir),
+        }
+    )
+    name = f"{choices.get('model', 'model')}-{choices.get('dataset', 'data')}"
+    if multirun:
+        tags["runner.job_num"] = str(hc.job.num)
+        name = f"{name}-{hc.job.num}"
+    run_id = store.create_run(exp_id, name=name, tags=tags, parent_id=parent)
+    try:
+        store.log_batch(run_id, params=params)
+        store.log_files(run_id, _job_artifacts(config, prov))
+        store.activate(run_id)
+    except BaseException:
+        store.end_run(run_id, "FAILED")
+        raise
+    flush = OmegaConf.select(config, "tracking.flush_every_s", default=10.0)
+    return JobRun(store, run_id, flush_every_s=float(flush))
+
+
+def _as_runner_error(e: BaseException) -> BaseException:
+    if isinstance(e, RunnerError) or not isinstance(e, Exception):
+        return e
+    err = TrackingError(f"MLflow tracking could not start: {type(e).__name__}: {e}")
+    err.__cause__ = e
+    return err
+
+
+class MLflowCallback(Callback):
+    """Log each Hydra job as an MLflow run; nest a sweep's jobs under a parent run."""
+
+    def __init__(self, **_: Any) -> None:
+        pass
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        """Create the sweep's parent run before any job starts."""
+        register()
+        state.sweep = None
+        if not _enabled(config):
+            return
+        try:
+            uri = _uri(config)
+            store = _store(uri)
+            # Creates or upgrades the store once, before parallel jobs could race on it.
+            experiment = str(config.experiment_name)
+            exp_id = store.experiment_id(experiment)
+            sweep_dir = _sweep_dir(config)
+        except Exception as e:
+            # Each job will hit (and report) the same problem in its own callback.
+            log.error("MLflow tracking could not start the sweep: %s", e)
+            return
+        state.sweep = Sweep(uri=uri, dir=sweep_dir)
+        if not _swept(config, ("dataset", "experiment_name")):
+            SweepParents(sweep_dir).get_or_create(
+                uri, exp_id, lambda: _create_parent(store, exp_id, config, sweep_dir)
+            )
+
+    def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
+        """Start the job's run: params, configs, provenance."""
+        register()
+        state.job, state.job_error = None, None
+        _redact_hydra_files(config)
+        if not _enabled(config):
+            state.job = NullRun()
+            return
+        try:
+            state.job = _start_job(config)
+        except Exception as e:
+            # Raising here would only become a warning; the job raises it instead.
+            state.job_error = _as_runner_error(e)
+            log.error("%s", state.job_error)
+
+    def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
+        """End the job's run: FINISHED, or FAILED with the error as a tag."""
+        job, state.job, state.job_error = state.job, None, None
+        if isinstance(job, JobRun):
+            error: BaseException | None = None
+            if job_return.status != JobStatus.COMPLETED:
+                try:
+                    job_return.return_value  # noqa: B018 - re-raises the job's exception
+                except BaseException as e:
+                    error = e
+            job.finish("FINISHED" if error is None else "FAILED", error=error)
+        if state.sweep is not None and job_return.status != JobStatus.COMPLETED:
+            state.sweep.failed_jobs += 1
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        """End the sweep's parent runs (Hydra calls this only when the sweep returns)."""
+        close_open_runs("FINISHED")
+
+
+def _swept(config: DictConfig, keys: tuple[str, ...]) -> bool:
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    raw = OmegaConf.select(config, "hydra.overrides.task", default=None) or []
+    try:
+        parsed = OverridesParser.create().parse_overrides([str(o) for o in raw])
+    except Exception:  # a bad override is reported by Hydra itself
+        return True
+    return any(
+        o.is_sweep_override() and o.key_or_group.split(".")[0] in keys for o in parsed
+    )
+
+
+def close_open_runs(status: str, error: BaseException | None = None) -> None:
+    """End whatever this process left open: its job's run and its sweep's parents.
+
+    The entry point calls this on every way out (success, error, Ctrl-C, SIGTERM), since
+    Hydra calls ``on_multirun_end`` only when a sweep returns normally.
+    """
+    job, state.job = state.job, None
+    if isinstance(job, JobRun):
+        try:
+            job.finish(status, error=error)
+        except Exception as e:
+            log.error("could not end run %s: %s", job.run_id, e)
+    sweep, state.sweep = state.sweep, None
+    if sweep is None:
+        return
+    for uri, parents in SweepParents(sweep.dir).all().items():
+        store = _store(uri)
+        for run_id in parents.values():
+            try:
+                if store.client.get_run(run_id).info.status == "RUNNING":
+                    store.end_run(run_id, status)
+            except Exception as e:
+                log.error("could not end sweep run %s: %s", run_id, e)

@@ -1,0 +1,245 @@
+"""The MLflow side of a job: the one module that talks to the tracking store.
+
+Everything goes through :class:`Store`, built on ``MlflowClient`` with an explicit tracking
+URI: no run is ever created implicitly by a fluent call. The fluent API is used for exactly
+two things that need it (model logging and autolog), and only while the job's run is
+explicitly activated.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import tempfile
+import time
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlparse
+
+from runner.errors import TrackingError
+from runner.tracking.redact import redact_text
+
+if TYPE_CHECKING:
+    from mlflow.tracking import MlflowClient
+
+__all__ = ["Store", "check_reachable", "public_uri", "resolve_uri"]
+
+log = logging.getLogger(__name__)
+
+#: MLflow's own limits (mlflow/utils/validation.py).
+MAX_TAG_VALUE = 8000
+_BATCH_PARAMS_TAGS = 100
+_BATCH_METRICS = 1000
+
+
+def resolve_uri(uri: str | None, launch_dir: Path) -> str:
+    """The tracking URI a job logs to.
+
+    Args:
+        uri: ``backend.uri`` (the command line, else ``MLFLOW_TRACKING_URI``), or None.
+        launch_dir: Where the user launched from; the default store is ``mlflow.db`` there.
+
+    Returns:
+        An absolute URI, so every job of a sweep logs to the same store whatever its cwd.
+    """
+    if not uri:
+        return f"sqlite:///{(launch_dir / 'mlflow.db').resolve()}"
+    uri = str(uri)
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        rel = uri[len("sqlite:///") :]
+        if rel and rel != ":memory:":
+            return f"sqlite:///{(launch_dir / rel).resolve()}"
+    scheme = urlparse(uri).scheme
+    if not scheme or scheme == "file":
+        raise TrackingError(
+            f"tracking URI {uri!r} is a file-store path; MLflow's file store is deprecated and "
+            f"this runner does not write to it. Use a SQLite file instead: "
+            f"backend.uri=sqlite:///{Path(urlparse(uri).path or uri).name or 'mlflow'}.db"
+        )
+    return uri
+
+
+def public_uri(uri: str) -> str:
+    """The URI with any credentials masked, fit for tags and messages."""
+    return redact_text(uri)
+
+
+def check_reachable(uri: str, *, timeout: float = 5.0) -> None:
+    """Fail within seconds, with the URI in the message, when the store cannot be reached.
+
+    MLflow's own client retries an unreachable server for minutes; this check does one
+    request with a short timeout first.
+    """
+    parsed = urlparse(uri)
+    if parsed.scheme in ("http", "https"):
+        import requests
+
+        try:
+            requests.get(uri.rstrip("/") + "/health", timeout=timeout)
+        except requests.RequestException as e:
+            raise TrackingError(
+                f"the MLflow tracking server at {public_uri(uri)} does not answer "
+                f"({type(e).__name__}). Start it (python -m runner.server) or point "
+                "backend.uri / MLFLOW_TRACKING_URI at a running one; backend=none turns "
+                "tracking off."
+            ) from None
+    elif parsed.scheme == "sqlite":
+        db = Path(uri[len("sqlite:///") :])
+        if not db.parent.is_dir():
+            raise TrackingError(
+                f"the SQLite tracking store {uri} is in a directory that does not exist "
+                f"({db.parent}); create it or choose another backend.uri."
+            )
+        if not os.access(db.parent, os.W_OK) or (db.exists() and not os.access(db, os.W_OK)):
+            raise TrackingError(
+                f"the SQLite tracking store {uri} is not writable; fix its permissions or "
+                "choose another backend.uri."
+            )
+
+
+def _chunks(items: list[Any], size: int) -> Iterable[list[Any]]:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
+
+
+class Store:
+    """A tracking store reached through one ``MlflowClient``."""
+
+    def __init__(self, uri: str) -> None:
+        import mlflow
+        from mlflow.tracking import MlflowClient
+
+        self.uri = uri
+        # Model logging and autolog use the fluent API, which reads the global URI.
+        mlflow.set_tracking_uri(uri)
+        self.client: MlflowClient = MlflowClient(tracking_uri=uri)
+
+    # -- errors ---------------------------------------------------------------------------
+    def _fail(self, what: str, e: Exception) -> TrackingError:
+        return TrackingError(f"{what} failed on the tracking store {public_uri(self.uri)}: {e}")
+
+    # -- experiments and runs -------------------------------------------------------------
+    def experiment_id(self, name: str) -> str:
+        """The id of experiment ``name``, created when missing (safe under concurrency)."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            exp = self.client.get_experiment_by_name(name)
+            if exp is not None:
+                if exp.lifecycle_stage == "deleted":
+                    raise TrackingError(
+                        f"experiment {name!r} is deleted in {public_uri(self.uri)}; restore "
+                        f"it (mlflow experiments restore --experiment-id {exp.experiment_id}) "
+                        "or choose another experiment_name."
+                    )
+                return str(exp.experiment_id)
+            try:
+                return str(
+                    self.client.create_experiment(name, artifact_location=self._artifacts(name))
+                )
+            except MlflowException:
+                # Another job created it between our lookup and our create.
+                exp = self.client.get_experiment_by_name(name)
+                if exp is None:
+                    raise
+                return str(exp.experiment_id)
+        except MlflowException as e:
+            raise self._fail(f"opening experiment {name!r}", e) from e
+
+    def _artifacts(self, experiment: str) -> str | None:
+        # With a SQLite store and no server MLflow would put artifacts in ./mlruns, which
+        # later makes a plain `mlflow` client in that directory fall back to the deprecated
+        # file store; keep them beside the database instead.
+        if not self.uri.startswith("sqlite:///"):
+            return None
+        slug = re.sub(r"[^\w.\-]+", "_", experiment).strip("._") or "experiment"
+        root = Path(self.uri[len("sqlite:///") :]).parent / "mlartifacts" / slug
+        return root.as_uri()
+
+    def create_run(
+        self,
+        experiment_id: str,
+        *,
+        name: str,
+        tags: Mapping[str, str],
+        parent_id: str | None = None,
+    ) -> str:
+        """Create a RUNNING run, nested under ``parent_id`` through MLflow's own tag."""
+        from mlflow.exceptions import MlflowException
+        from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
+
+        all_tags = {k: v[:MAX_TAG_VALUE] for k, v in tags.items()}
+        if parent_id:
+            all_tags[MLFLOW_PARENT_RUN_ID] = parent_id
+        try:
+            run = self.client.create_run(experiment_id, run_name=name, tags=all_tags)
+        except MlflowException as e:
+            raise self._fail("creating a run", e) from e
+        return str(run.info.run_id)
+
+    def log_batch(
+        self,
+        run_id: str,
+        *,
+        params: Mapping[str, str] | None = None,
+        metrics: Iterable[tuple[str, float, int, int]] = (),
+        tags: Mapping[str, str] | None = None,
+    ) -> None:
+        """Log params, metrics ``(key, value, step, timestamp_ms)`` and tags in few requests."""
+        from mlflow.entities import Metric, Param, RunTag
+        from mlflow.exceptions import MlflowException
+
+        p = [Param(k, v) for k, v in (params or {}).items()]
+        t = [RunTag(k, str(v)[:MAX_TAG_VALUE]) for k, v in (tags or {}).items()]
+        m = [Metric(k, float(v), int(ts), int(step)) for k, v, step, ts in metrics]
+        try:
+            for chunk in _chunks(p + t, _BATCH_PARAMS_TAGS):  # type: ignore[operator]
+                self.client.log_batch(
+                    run_id,
+                    params=[x for x in chunk if isinstance(x, Param)],
+                    tags=[x for x in chunk if isinstance(x, RunTag)],
+                )
+            for mchunk in _chunks(m, _BATCH_METRICS):
+                self.client.log_batch(run_id, metrics=mchunk)
+        except MlflowException as e:
+            raise self._fail(f"logging to run {run_id}", e) from e
+
+    def set_tag(self, run_id: str, key: str, value: str) -> None:
+        """Set one tag."""
+        self.client.set_tag(run_id, key, str(value)[:MAX_TAG_VALUE])
+
+    def log_files(self, run_id: str, files: Mapping[str, str | bytes]) -> None:
+        """Log in-memory files (``artifact path -> content``) with one directory upload."""
+        if not files:
+            return
+        with tempfile.TemporaryDirectory(prefix="runner-artifacts-") as tmp:
+            for rel, content in files.items():
+                path = Path(tmp, rel)
+                path.parent.mkdir(parents=True, exist_ok=True)
+                if isinstance(content, bytes):
+                    path.write_bytes(content)
+                else:
+                    path.write_text(content, encoding="utf-8")
+            self.client.log_artifacts(run_id, tmp)
+
+    def log_figure(self, run_id: str, figure: Any, artifact_file: str) -> None:
+        """Log a matplotlib figure as an image artifact."""
+        self.client.log_figure(run_id, figure, artifact_file)
+
+    def end_run(self, run_id: str, status: str) -> None:
+        """End a run with ``FINISHED``, ``FAILED`` or ``KILLED`` (and deactivate it)."""
+        import mlflow
+
+        active = mlflow.active_run()
+        if active is not None and active.info.run_id == run_id:
+            mlflow.end_run(status=status)
+        else:
+            self.client.set_terminated(run_id, status=status, end_time=int(time.time() * 1000))
+
+    def activate(self, run_id: str) -> None:
+        """Make ``run_id`` the active fluent run: model logging and autolog need one."""
+        import mlflow
+
+        mlflow.start_run(run_id=run_id)

@@ -1,0 +1,58 @@
+"""The parent runs of a sweep, shared by every job process through the sweep directory.
+
+A sweep has one parent run per experiment its jobs log to (normally one; a sweep over
+datasets logs each dataset's runs to its own experiment, each nested under that experiment's
+parent). Job processes may live in other processes (the joblib launcher), so the parents are
+recorded in ``<sweep dir>/.runner/parents.json`` under a file lock, never passed through
+``MLFLOW_RUN_ID`` or the fluent run stack.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+__all__ = ["SweepParents"]
+
+
+class SweepParents:
+    """The registry of a sweep's parent runs.
+
+    Args:
+        sweep_dir: The sweep's output directory (``hydra.sweep.dir``).
+    """
+
+    def __init__(self, sweep_dir: Path) -> None:
+        self.dir = Path(sweep_dir) / ".runner"
+        self.file = self.dir / "parents.json"
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[dict[str, dict[str, str]]]:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        with (self.dir / "parents.lock").open("w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            data = json.loads(self.file.read_text()) if self.file.exists() else {}
+            before = json.dumps(data, sort_keys=True)
+            yield data
+            if json.dumps(data, sort_keys=True) != before:
+                tmp = self.file.with_suffix(".tmp")
+                tmp.write_text(json.dumps(data, indent=2, sort_keys=True))
+                tmp.replace(self.file)
+
+    def get_or_create(self, uri: str, experiment_id: str, create: Callable[[], str]) -> str:
+        """The parent run for ``experiment_id`` in store ``uri``, made by ``create`` once."""
+        with self._locked() as data:
+            parents = data.setdefault(uri, {})
+            if experiment_id not in parents:
+                parents[experiment_id] = create()
+            return parents[experiment_id]
+
+    def all(self) -> dict[str, dict[str, str]]:
+        """``{uri: {experiment_id: parent run id}}`` of every parent made so far."""
+        if not self.file.exists():
+            return {}
+        with self._locked() as data:
+            return {uri: dict(p) for uri, p in data.items()}

@@ -1,0 +1,106 @@
+"""Shared fixtures: a fresh tracking store per test, no leaked runs, the CLI in a subprocess."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def _template_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    # MLflow's schema migrations take ~2 s per fresh SQLite file; migrate once per session
+    # and give each test a copy.
+    from mlflow.tracking import MlflowClient
+
+    path = tmp_path_factory.mktemp("template") / "mlflow.db"
+    MlflowClient(f"sqlite:///{path}").search_experiments()
+    return path
+
+
+@pytest.fixture(autouse=True)
+def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Each test runs in its own launch directory (Hydra outputs land there)."""
+    monkeypatch.chdir(tmp_path)
+    for var in ("MLFLOW_TRACKING_URI", "MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_NAME"):
+        monkeypatch.delenv(var, raising=False)
+    return tmp_path
+
+
+@pytest.fixture
+def tracking_uri(workdir: Path, _template_db: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A fresh, migrated SQLite store in the test's launch directory, exported as the URI."""
+    db = workdir / "mlflow.db"
+    shutil.copy(_template_db, db)
+    uri = f"sqlite:///{db}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    return uri
+
+
+@pytest.fixture
+def client(tracking_uri: str):  # type: ignore[no-untyped-def]
+    """An ``MlflowClient`` on the test's store."""
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri)
+
+
+@pytest.fixture(autouse=True)
+def no_leaked_runs() -> Iterator[None]:
+    """Fail a test that leaves an active fluent run behind (mlflow's own conftest does this)."""
+    yield
+    if "mlflow" in sys.modules:
+        import mlflow
+
+        run = mlflow.active_run()
+        if run is not None:
+            while mlflow.active_run() is not None:
+                mlflow.end_run()
+            pytest.fail(f"test leaked an active MLflow run {run.info.run_id}")
+
+
+@pytest.fixture(autouse=True)
+def _reset_tracking_state() -> Iterator[None]:
+    yield
+    from runner.tracking import callback
+    from runner.tracking._state import state
+
+    state.job, state.job_error, state.sweep = None, None, None
+    callback._stores.clear()
+
+
+def run_cli(
+    *args: str,
+    module: str = "runner",
+    cwd: Path | None = None,
+    env: dict[str, str] | None = None,
+    timeout: float = 300,
+    check: bool = True,
+) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m <module> *args`` in a subprocess, as a user would.
+
+    Asserts that no Hydra callback raised: Hydra turns callback exceptions into warnings,
+    which would otherwise pass unnoticed.
+    """
+    full_env = {**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", module, *args],
+        cwd=cwd or Path.cwd(),
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    output = proc.stdout + proc.stderr
+    assert "Callback MLflowCallback" not in output, output
+    if check:
+        assert proc.returncode == 0, output
+    return proc
