@@ -24,7 +24,7 @@ from runner.tracking.redact import redact_text
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
 
-__all__ = ["Store", "check_reachable", "public_uri", "resolve_uri"]
+__all__ = ["Store", "check_reachable", "ensure_store", "public_uri", "resolve_uri"]
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +99,56 @@ def check_reachable(uri: str, *, timeout: float = 5.0) -> None:
             )
 
 
+#: An arbitrary, fixed key for PostgreSQL's advisory lock around schema creation.
+_PG_SCHEMA_LOCK = 0x6D6C666C  # "mlfl"
+
+
+def ensure_store(uri: str) -> None:
+    """Create or upgrade a database store's schema once, whoever else starts at the same time.
+
+    MLflow creates the tables (and runs its Alembic migrations) on a store's first use; when
+    several processes open a fresh SQLite or PostgreSQL store at once, they race on those
+    migrations and fail. The first process to take the lock does the work; the others then
+    find the schema in place. Other stores (http, ...) are left alone: a server owns its
+    store (``python -m runner.server`` calls this before it starts).
+    """
+    scheme = urlparse(uri).scheme.split("+")[0]
+    if scheme == "sqlite":
+        import fcntl
+
+        db = Path(uri[len("sqlite:///") :])
+        with Path(f"{db}.lock").open("w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            _open_store(uri)
+    elif scheme == "postgresql":
+        import sqlalchemy
+
+        engine = sqlalchemy.create_engine(uri, poolclass=sqlalchemy.pool.NullPool)
+        try:
+            with engine.connect() as conn:
+                conn.execute(sqlalchemy.text(f"SELECT pg_advisory_lock({_PG_SCHEMA_LOCK})"))
+                try:
+                    _open_store(uri)
+                finally:
+                    conn.execute(sqlalchemy.text(f"SELECT pg_advisory_unlock({_PG_SCHEMA_LOCK})"))
+        except sqlalchemy.exc.OperationalError as e:
+            raise TrackingError(
+                f"the PostgreSQL tracking store {public_uri(uri)} cannot be reached: "
+                f"{str(e.orig).strip().splitlines()[0] if e.orig else e}. Check PGHOST, PGPORT, "
+                "PGUSER, PGDATABASE and PGPASSWORD (conf/backend/postgres_s3.yaml)."
+            ) from None
+        finally:
+            engine.dispose()
+
+
+def _open_store(uri: str) -> None:
+    # MLflow caches one store object per URI in the process; its first creation runs the
+    # schema creation/migrations.
+    from mlflow.tracking._tracking_service.utils import _get_store
+
+    _get_store(uri)
+
+
 def _chunks(items: list[Any], size: int) -> Iterable[list[Any]]:
     for i in range(0, len(items), size):
         yield items[i : i + size]
@@ -107,11 +157,14 @@ def _chunks(items: list[Any], size: int) -> Iterable[list[Any]]:
 class Store:
     """A tracking store reached through one ``MlflowClient``."""
 
-    def __init__(self, uri: str) -> None:
+    def __init__(self, uri: str, *, artifact_root: str | None = None) -> None:
         import mlflow
         from mlflow.tracking import MlflowClient
 
         self.uri = uri
+        self.artifact_root = artifact_root.rstrip("/") if artifact_root else None
+        #: The URI these runs were meant for, when they are buffered locally instead.
+        self.buffered_for: str | None = None
         # Model logging and autolog use the fluent API, which reads the global URI.
         mlflow.set_tracking_uri(uri)
         self.client: MlflowClient = MlflowClient(tracking_uri=uri)
@@ -151,10 +204,13 @@ class Store:
     def _artifacts(self, experiment: str) -> str | None:
         # With a SQLite store and no server MLflow would put artifacts in ./mlruns, which
         # later makes a plain `mlflow` client in that directory fall back to the deprecated
-        # file store; keep them beside the database instead.
+        # file store; keep them beside the database instead. Database stores with an
+        # artifact root (postgres_s3) put each experiment under it, by name.
+        slug = re.sub(r"[^\w.\-]+", "_", experiment).strip("._") or "experiment"
+        if self.artifact_root:
+            return f"{self.artifact_root}/{slug}"
         if not self.uri.startswith("sqlite:///"):
             return None
-        slug = re.sub(r"[^\w.\-]+", "_", experiment).strip("._") or "experiment"
         root = Path(self.uri[len("sqlite:///") :]).parent / "mlartifacts" / slug
         return root.as_uri()
 
