@@ -77,8 +77,15 @@ def _auth_env(store_uri: str, state_dir: Path) -> dict[str, str]:
             "`export MLFLOW_AUTH_ADMIN_PASSWORD=$(openssl rand -hex 16)`, and give users "
             "MLFLOW_TRACKING_USERNAME/MLFLOW_TRACKING_PASSWORD."
         )
+    env: dict[str, str] = {}
+    if not os.environ.get("MLFLOW_FLASK_SERVER_SECRET_KEY"):
+        import secrets
+
+        # The auth app's CSRF protection needs a key shared by the server's workers; one per
+        # start is enough for one server (set it yourself to run several behind a balancer).
+        env["MLFLOW_FLASK_SERVER_SECRET_KEY"] = secrets.token_hex(32)
     if "MLFLOW_AUTH_CONFIG_PATH" in os.environ:
-        return {}
+        return env
     # The users database lives beside a SQLite store, or in the same PostgreSQL database.
     if store_uri.startswith("sqlite:///"):
         users = f"sqlite:///{Path(store_uri[len('sqlite:///') :]).parent / 'basic_auth.db'}"
@@ -97,7 +104,8 @@ def _auth_env(store_uri: str, state_dir: Path) -> dict[str, str]:
         "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n",
         encoding="utf-8",
     )
-    return {"MLFLOW_AUTH_CONFIG_PATH": str(ini)}
+    env["MLFLOW_AUTH_CONFIG_PATH"] = str(ini)
+    return env
 
 
 def plan(
@@ -161,6 +169,9 @@ def plan(
         str(port),
         "--workers",
         str(workers),
+        # Bound the shutdown: open keep-alive connections would otherwise hold it up.
+        "--uvicorn-opts",
+        "--timeout-graceful-shutdown 5",
     ]
     env: dict[str, str] = {}
     if auth:

@@ -198,7 +198,8 @@ def start_runner_server(
             if " ready at " in line:
                 ready.set()
 
-    threading.Thread(target=read, daemon=True).start()
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
     url = f"http://127.0.0.1:{port}"
 
     def stop() -> None:
@@ -210,6 +211,9 @@ def start_runner_server(
                 proc.kill()
                 proc.wait()
                 raise AssertionError("runner.server did not stop on SIGTERM") from None
+        reader.join(timeout=10)
+        if proc.stdout is not None:
+            proc.stdout.close()
         assert proc.returncode == 0, "".join(output)
         try:
             requests.get(f"{url}/health", timeout=2)
@@ -223,5 +227,8 @@ def start_runner_server(
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
+            reader.join(timeout=10)
+            if proc.stdout is not None:
+                proc.stdout.close()
             raise ServiceUnavailable("runner.server did not start:\n" + "".join(output))
     return Service(url=url, env={"MLFLOW_TRACKING_URI": url}, stop=stop, proc=proc, output=output)
