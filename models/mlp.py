@@ -201,7 +201,8 @@ class MLPClassifier(ClassifierMixin, _MLPBase):
 
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
         """Class probabilities, one column per entry of ``classes_``."""
-        logits = self._forward(X)
+        # float64: float32 probabilities miss summing to one by more than sklearn allows.
+        logits = self._forward(X).astype(np.float64)
         logits = logits - logits.max(axis=1, keepdims=True)
         p = np.exp(logits)
         return p / p.sum(axis=1, keepdims=True)
