@@ -40,11 +40,22 @@ def sweep(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-
     # `-m` after an override: stock Hydra rejects this; the runner accepts it anywhere.
     proc = subprocess.run(
         [
-            sys.executable, "-m", "runner", "model=xgb", "-m", "lr=0.01,0.1",
-            "model.n_estimators=5", f"+db.password={SECRETS[0]}",
+            sys.executable,
+            "-m",
+            "runner",
+            "model=xgb",
+            "-m",
+            "lr=0.01,0.1",
+            "model.n_estimators=5",
+            f"+db.password={SECRETS[0]}",
             "+db.token=${oc.env:RUNNER_TEST_TOKEN}",
         ],
-        cwd=launch, env=env, capture_output=True, text=True, timeout=600, check=False,
+        cwd=launch,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "Callback MLflowCallback" not in proc.stderr
@@ -71,7 +82,7 @@ def test_sweep_has_one_parent_and_nested_children(sweep) -> None:  # type: ignor
 
 
 def test_secrets_are_redacted_everywhere(sweep) -> None:  # type: ignore[no-untyped-def]
-    launch, client, runs = sweep
+    launch, _client, runs = sweep
     for r in runs:
         text = str(r.data.params) + str(r.data.tags)
         assert not any(s in text for s in SECRETS)
@@ -108,7 +119,7 @@ def test_artifacts_and_provenance(sweep) -> None:  # type: ignore[no-untyped-def
 def test_logged_xgboost_model_loads_with_pyfunc(sweep) -> None:  # type: ignore[no-untyped-def]
     import mlflow
 
-    launch, client, runs = sweep
+    _launch, client, runs = sweep
     child = next(r for r in runs if r.data.tags.get("runner.kind") == "job")
     mlflow.set_tracking_uri(client.tracking_uri)
     model = mlflow.pyfunc.load_model(f"runs:/{child.info.run_id}/model")
@@ -123,7 +134,12 @@ def test_mlp_regression_logs_epochs_and_a_torch_model(tracking_uri: str, client)
     run_cli("model=mlp", "dataset=diabetes", "model.epochs=4")
     (run,) = runs_of(client, "diabetes")
     assert run.info.status == "FINISHED"
-    assert [m.step for m in client.get_metric_history(run.info.run_id, "train_loss")] == [0, 1, 2, 3]
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "train_loss")] == [
+        0,
+        1,
+        2,
+        3,
+    ]
     assert len(client.get_metric_history(run.info.run_id, "val_loss")) == 4
     assert {"val_rmse", "val_mae", "val_r2"} <= set(run.data.metrics)
     figs = {a.path for a in client.list_artifacts(run.info.run_id, "figures")}
@@ -150,7 +166,10 @@ def test_failed_job_does_not_stop_the_grid(tracking_uri: str, client) -> None:  
 def test_sigterm_ends_runs_killed(tracking_uri: str, client, workdir: Path) -> None:  # type: ignore[no-untyped-def]
     proc = subprocess.Popen(
         [sys.executable, "-m", "runner", "-m", "model=mlp", "model.epochs=100000", "seed=0,1"],
-        cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        cwd=workdir,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
     deadline = time.monotonic() + 120
@@ -198,7 +217,9 @@ def test_hydra_flags_work(workdir: Path) -> None:
     assert "Defaults List" in run_cli("--info", "defaults").stdout
     assert "complete" in run_cli("-sc", "install=bash").stdout
     script = Path(sys.executable).parent / "runner"
-    proc = subprocess.run([str(script), "--cfg", "job"], capture_output=True, text=True, check=False)
+    proc = subprocess.run(
+        [str(script), "--cfg", "job"], capture_output=True, text=True, check=False
+    )
     assert proc.returncode == 0 and "experiment_name: ${dataset.name}" in proc.stdout
 
 
@@ -206,7 +227,9 @@ def test_heavy_libraries_are_imported_only_when_chosen(tracking_uri: str) -> Non
     def imported(*args: str) -> set[str]:
         proc = subprocess.run(
             [sys.executable, "-X", "importtime", "-m", "runner", *args],
-            capture_output=True, text=True, check=True,
+            capture_output=True,
+            text=True,
+            check=True,
         )
         return {line.rsplit("|", 1)[-1].strip() for line in proc.stderr.splitlines() if "|" in line}
 
@@ -253,7 +276,10 @@ def test_user_model_and_dataset_from_config_dir(tracking_uri: str, client, workd
         f"_target_: {__name__}.load_tiny\nname: tiny\ntask: classification\nseed: ${{seed}}\n"
     )
     run_cli(
-        "--config-dir", str(conf), "model=majority", "dataset=tiny",
+        "--config-dir",
+        str(conf),
+        "model=majority",
+        "dataset=tiny",
         env={"PYTHONPATH": str(ROOT)},
     )
     (run,) = runs_of(client, "tiny")

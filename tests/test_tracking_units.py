@@ -57,7 +57,8 @@ def test_config_params(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.mark.parametrize(
-    "key", ["password", "db.password", "api_key", "AWS_SECRET_ACCESS_KEY", "hf_token", "credentials"]
+    "key",
+    ["password", "db.password", "api_key", "AWS_SECRET_ACCESS_KEY", "hf_token", "credentials"],
 )
 def test_secret_keys(key: str) -> None:
     assert is_secret_key(key)
