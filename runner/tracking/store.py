@@ -165,6 +165,7 @@ class Store:
         self.artifact_root = artifact_root.rstrip("/") if artifact_root else None
         #: The URI these runs were meant for, when they are buffered locally instead.
         self.buffered_for: str | None = None
+        self._experiments: dict[str, str] = {}
         # Model logging and autolog use the fluent API, which reads the global URI.
         mlflow.set_tracking_uri(uri)
         self.client: MlflowClient = MlflowClient(tracking_uri=uri)
@@ -176,6 +177,14 @@ class Store:
     # -- experiments and runs -------------------------------------------------------------
     def experiment_id(self, name: str) -> str:
         """The id of experiment ``name``, created when missing (safe under concurrency)."""
+
+        # One lookup per experiment and process: a sweep's jobs share it.
+        if name in self._experiments:
+            return self._experiments[name]
+        self._experiments[name] = self._experiment_id(name)
+        return self._experiments[name]
+
+    def _experiment_id(self, name: str) -> str:
         from mlflow.exceptions import MlflowException
 
         try:
@@ -242,23 +251,37 @@ class Store:
         params: Mapping[str, str] | None = None,
         metrics: Iterable[tuple[str, float, int, int]] = (),
         tags: Mapping[str, str] | None = None,
+        model_id: str | None = None,
     ) -> None:
-        """Log params, metrics ``(key, value, step, timestamp_ms)`` and tags in few requests."""
+        """Log params, metrics ``(key, value, step, timestamp_ms)`` and tags in few requests.
+
+        Params and tags (100 a request) share requests with metrics (up to MLflow's 1000
+        entities a request). With ``model_id``, the metrics at step 0 are also linked to that
+        logged model, as MLflow's own ``log_model`` links the metrics a run already has.
+        """
+        from itertools import zip_longest
+
         from mlflow.entities import Metric, Param, RunTag
         from mlflow.exceptions import MlflowException
 
         p = [Param(k, v) for k, v in (params or {}).items()]
         t = [RunTag(k, str(v)[:MAX_TAG_VALUE]) for k, v in (tags or {}).items()]
-        m = [Metric(k, float(v), int(ts), int(step)) for k, v, step, ts in metrics]
+        m = [
+            Metric(k, float(v), int(ts), int(step), model_id=model_id if step == 0 else None)
+            for k, v, step, ts in metrics
+        ]
+        pt: list[Any] = [*p, *t]
         try:
-            for chunk in _chunks(p + t, _BATCH_PARAMS_TAGS):  # type: ignore[operator]
+            for pt_chunk, m_chunk in zip_longest(
+                _chunks(pt, _BATCH_PARAMS_TAGS), _chunks(m, _BATCH_METRICS - _BATCH_PARAMS_TAGS)
+            ):
+                pt_chunk = pt_chunk or []
                 self.client.log_batch(
                     run_id,
-                    params=[x for x in chunk if isinstance(x, Param)],
-                    tags=[x for x in chunk if isinstance(x, RunTag)],
+                    params=[x for x in pt_chunk if isinstance(x, Param)],
+                    tags=[x for x in pt_chunk if isinstance(x, RunTag)],
+                    metrics=m_chunk or [],
                 )
-            for mchunk in _chunks(m, _BATCH_METRICS):
-                self.client.log_batch(run_id, metrics=mchunk)
         except MlflowException as e:
             raise self._fail(f"logging to run {run_id}", e) from e
 
@@ -267,10 +290,18 @@ class Store:
         self.client.set_tag(run_id, key, str(value)[:MAX_TAG_VALUE])
 
     def log_files(self, run_id: str, files: Mapping[str, str | bytes]) -> None:
-        """Log in-memory files (``artifact path -> content``) with one directory upload."""
+        """Log in-memory files (``artifact path -> content``), uploaded side by side.
+
+        Through a tracking server every file is one HTTP request, and MLflow uploads a
+        directory's files one after the other; uploading them in parallel costs about one
+        round trip instead of one per file.
+        """
         if not files:
             return
+        from concurrent.futures import ThreadPoolExecutor
+
         with tempfile.TemporaryDirectory(prefix="runner-artifacts-") as tmp:
+            uploads: list[tuple[str, str | None]] = []
             for rel, content in files.items():
                 path = Path(tmp, rel)
                 path.parent.mkdir(parents=True, exist_ok=True)
@@ -278,7 +309,17 @@ class Store:
                     path.write_bytes(content)
                 else:
                     path.write_text(content, encoding="utf-8")
-            self.client.log_artifacts(run_id, tmp)
+                parent = Path(rel).parent.as_posix()
+                uploads.append((str(path), None if parent == "." else parent))
+            if len(uploads) == 1 or not self.uri.startswith(("http://", "https://")):
+                self.client.log_artifacts(run_id, tmp)
+                return
+            # The first upload resolves (and caches) the run's artifact repository.
+            self.client.log_artifact(run_id, *uploads[0])
+            with ThreadPoolExecutor(max_workers=min(8, len(uploads) - 1)) as pool:
+                for future in [pool.submit(self.client.log_artifact, run_id, *u)
+                               for u in uploads[1:]]:  # fmt: skip
+                    future.result()
 
     def log_figure(self, run_id: str, figure: Any, artifact_file: str) -> None:
         """Log a matplotlib figure as an image artifact."""

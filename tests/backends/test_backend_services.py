@@ -223,3 +223,36 @@ def test_auth_server_on_postgres_and_s3(
             "SELECT status FROM runs WHERE run_uuid = %s", (run.info.run_id,)
         ).fetchone()
     assert row == ("FINISHED",)
+
+
+_RACE = """
+import sys
+from runner.tracking.store import Store, ensure_store
+ensure_store(sys.argv[1])
+store = Store(sys.argv[1], artifact_root=sys.argv[2])
+store.create_run(store.experiment_id("race"), name=sys.argv[3], tags={})
+"""
+
+
+def test_processes_share_a_fresh_postgres_store(workdir: Path, postgres: Service) -> None:
+    import subprocess
+    import sys
+
+    import psycopg
+    from mlflow.tracking import MlflowClient
+
+    conninfo = postgres.url.replace("postgresql+psycopg://", "postgresql://")
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        conn.execute("CREATE DATABASE race")
+    uri = postgres.url.rsplit("/", 1)[0] + "/race"
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", _RACE, uri, str(workdir / "artifacts"), f"p{i}"],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT,
+        )  # fmt: skip
+        for i in range(4)
+    ]
+    outputs = [p.communicate(timeout=300)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0] * 4, "\n".join(outputs)
+    _, runs = _runs(MlflowClient(uri), "race")
+    assert sorted(r.info.run_name for r in runs) == ["p0", "p1", "p2", "p3"]
