@@ -111,8 +111,10 @@ def main() -> int:
                 rates = [throughput(svc.url, n, args.runs) for n in (1, 2, 4)]
                 print(f"   {name:<11} " + " ".join(f"{r:>9.1f}" for r in rates))
 
-            print(f"\n2. per-job tracking overhead (logreg/iris sweep, full logging: configs, "
-                  "figures, model)")
+            print(
+                "\n2. per-job tracking overhead (logreg/iris sweep, full logging: configs, "
+                "figures, model)"
+            )
             sq = servers["SQLite"]
             run_dir = home / "cli"
             run_dir.mkdir()
@@ -137,14 +139,19 @@ def main() -> int:
                 per_job[name] = (big - small) / n
                 if name == "server":
                     reqs = lambda lines: sum(  # noqa: E731
-                        1 for ln in lines if re.search(r'"(GET|POST|PUT|PATCH|DELETE) ', ln))
+                        1 for ln in lines if re.search(r'"(GET|POST|PUT|PATCH|DELETE) ', ln)
+                    )
                     requests_per_job = (reqs(sq.output[mid:]) - reqs(sq.output[before:mid])) / n
-                print(f"   backend={name:<7} {n} jobs {small:6.1f} s, {2 * n} jobs {big:6.1f} s,"
-                      f" {per_job[name] * 1000:6.0f} ms a job")
+                print(
+                    f"   backend={name:<7} {n} jobs {small:6.1f} s, {2 * n} jobs {big:6.1f} s,"
+                    f" {per_job[name] * 1000:6.0f} ms a job"
+                )
             local = per_job["local"] - per_job["none"]
             server = per_job["server"] - per_job["none"]
-            print(f"   tracking overhead a job: local {local * 1000:.0f} ms, server "
-                  f"{server * 1000:.0f} ms: server/local = {server / local:.2f}x (target <= 3x)")
+            print(
+                f"   tracking overhead a job: local {local * 1000:.0f} ms, server "
+                f"{server * 1000:.0f} ms: server/local = {server / local:.2f}x (target <= 3x)"
+            )
             print(f"   HTTP requests a job through the server: {requests_per_job:.0f}")
         finally:
             for svc in servers.values():
