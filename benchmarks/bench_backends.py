@@ -93,6 +93,9 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=10, help="runs per worker (throughput)")
     parser.add_argument("--jobs", type=int, default=4, help="n: sweeps of n and 2n jobs")
     args = parser.parse_args()
+    from runner.tracking.store import no_telemetry
+
+    no_telemetry()
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_TRACKING")}
     with tempfile.TemporaryDirectory(prefix="bench-backends-") as tmp:
         home = Path(tmp)

@@ -254,6 +254,9 @@ def main(argv: list[str] | None = None) -> int:
         "overrides", nargs="*", help="config overrides, e.g. backend=postgres_s3 backend.uri=..."
     )
     args = parser.parse_args(argv)
+    from runner.tracking.store import no_telemetry
+
+    no_telemetry()  # for the server too: the same thread, the same race
     try:
         p = plan(
             args.overrides,

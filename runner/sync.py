@@ -141,11 +141,11 @@ def sync(buffer_uri: str, to: str | None = None) -> SyncResult:
     Raises:
         TrackingError: A target that does not answer, or runs with no known target.
     """
-    from mlflow.tracking import MlflowClient
-
     from runner.tracking.store import check_reachable, ensure_store
 
     ensure_store(buffer_uri)
+    from mlflow.tracking import MlflowClient
+
     src = MlflowClient(buffer_uri)
     result = SyncResult()
     copies: dict[str, str] = {}  # buffered run id -> copy id

@@ -24,7 +24,14 @@ from runner.tracking.redact import redact_text
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
 
-__all__ = ["Store", "check_reachable", "ensure_store", "public_uri", "resolve_uri"]
+__all__ = [
+    "Store",
+    "check_reachable",
+    "ensure_store",
+    "no_telemetry",
+    "public_uri",
+    "resolve_uri",
+]
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +39,17 @@ log = logging.getLogger(__name__)
 MAX_TAG_VALUE = 8000
 _BATCH_PARAMS_TAGS = 100
 _BATCH_METRICS = 1000
+
+
+def no_telemetry() -> None:
+    """Turn MLflow's usage telemetry off (unless the user chose) before mlflow is imported.
+
+    Its background thread, when it cannot reach its endpoint (no network on most compute
+    nodes), unsets ``_MLFLOW_TELEMETRY_SESSION_ID`` while other threads iterate
+    ``os.environ`` to build requests: they then fail with ``KeyError`` (seen here with
+    parallel artifact uploads and parallel sweep workers). Runs are not telemetry anyway.
+    """
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 
 def resolve_uri(uri: str | None, launch_dir: Path) -> str:
@@ -112,6 +130,7 @@ def ensure_store(uri: str) -> None:
     find the schema in place. Other stores (http, ...) are left alone: a server owns its
     store (``python -m runner.server`` calls this before it starts).
     """
+    no_telemetry()
     scheme = urlparse(uri).scheme.split("+")[0]
     if scheme == "sqlite":
         import fcntl
@@ -158,6 +177,7 @@ class Store:
     """A tracking store reached through one ``MlflowClient``."""
 
     def __init__(self, uri: str, *, artifact_root: str | None = None) -> None:
+        no_telemetry()
         import mlflow
         from mlflow.tracking import MlflowClient
 
