@@ -195,7 +195,7 @@ def select_runs(
             raise CompareError(
                 f"MLflow rejected the filter {filter_string!r}: {_mlflow_message(e)}. "
                 "The syntax is MLflow's search syntax, e.g. \"params.model = 'xgb' and "
-                "metrics.val_accuracy > 0.9\" (https://mlflow.org/docs/latest/search-runs.html)."
+                'metrics.val_accuracy > 0.9" (https://mlflow.org/docs/latest/search-runs.html).'
             ) from None
         runs.extend(page)
         token = page.token
@@ -487,9 +487,7 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="tag the best run (--top K: runs) runner.best=true; untag the others",
     )
-    outs.add_argument(
-        "--fail-empty", action="store_true", help="exit 1 when no run is selected"
-    )
+    outs.add_argument("--fail-empty", action="store_true", help="exit 1 when no run is selected")
     p.add_argument(
         "--tracking-uri",
         metavar="URI",
@@ -553,7 +551,9 @@ def _run(args: argparse.Namespace) -> int:
                 "--tag-best needs a metric to rank by: the runs have no objective metric; "
                 "pass --sort metrics.<name>."
             )
-        res = tag_best(client, ordered, metric=sort.key, direction=sort.direction, top=args.top or 1)
+        res = tag_best(
+            client, ordered, metric=sort.key, direction=sort.direction, top=args.top or 1
+        )
         names = {r.info.run_id: r.info.run_name for r in runs}
         print(
             f"runner.best=true on {', '.join(f'{names[i]} ({i[:8]})' for i in res.best)}"

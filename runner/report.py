@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from runner.compare import Sort, iso_time, fmt_value, objective_of
+from runner.compare import Sort, fmt_value, iso_time, objective_of
 
 if TYPE_CHECKING:
     from mlflow.entities import Run
@@ -183,7 +183,9 @@ def _parallel(runs: Sequence[Run], params: Sequence[str], objective: str) -> Any
     ys = [float(r.data.metrics[objective]) for r in scored]
     dims.append({"label": objective, "values": ys})
     fig = go.Figure(
-        go.Parcoords(line={"color": ys, "colorscale": "Viridis", "showscale": True}, dimensions=dims)
+        go.Parcoords(
+            line={"color": ys, "colorscale": "Viridis", "showscale": True}, dimensions=dims
+        )
     )
     fig.update_layout(height=450, margin={"l": 80, "r": 80, "t": 60, "b": 40})
     return fig
@@ -246,9 +248,7 @@ def _importance_fig(importances: dict[str, float], objective: str) -> Any:
     import plotly.graph_objects as go
 
     items = sorted(importances.items(), key=lambda kv: kv[1])
-    fig = go.Figure(
-        go.Bar(x=[v for _, v in items], y=[k for k, _ in items], orientation="h")
-    )
+    fig = go.Figure(go.Bar(x=[v for _, v in items], y=[k for k, _ in items], orientation="h"))
     fig.update_layout(
         title=f"Param importances for {objective} (fANOVA)",
         xaxis_title="importance",
@@ -300,9 +300,7 @@ def _curves(client: Any, runs: Sequence[Run]) -> Any | None:
 # -- the page -----------------------------------------------------------------------------
 
 
-def _table(
-    runs: Sequence[Run], params: Sequence[str], metrics: Sequence[str]
-) -> str:
+def _table(runs: Sequence[Run], params: Sequence[str], metrics: Sequence[str]) -> str:
     esc = html.escape
     head = ["#", "run", "run_id", "status", "started", *params, *metrics]
     rows = ["<tr>" + "".join(f"<th>{esc(h)}</th>" for h in head) + "</tr>"]
@@ -356,8 +354,9 @@ def write_html(
         + ", ".join(
             f"{s}: {n}"
             for s, n in sorted(
-                {s: sum(r.info.status == s for r in runs) for s in {r.info.status for r in runs}}
-                .items()
+                {
+                    s: sum(r.info.status == s for r in runs) for s in {r.info.status for r in runs}
+                }.items()
             )
         )
         + ")"
@@ -368,9 +367,7 @@ def write_html(
     notes: list[str] = []
     if objective and _scored(runs, objective):
         if params:
-            sections.append(
-                ("parallel", "Params vs objective", _parallel(runs, params, objective))
-            )
+            sections.append(("parallel", "Params vs objective", _parallel(runs, params, objective)))
             for p in params:
                 sections.append((f"vs-{p}", f"{objective} vs {p}", _versus(runs, p, objective)))
         sections.append(
