@@ -69,6 +69,10 @@ _MINIMIZE = re.compile(r"(loss|rmse|mse|mae|error|err\b|_time_s$|time|duration|l
 
 _SWEEP_TAG = "mlflow.parentRunId"
 
+#: Terminal table rows by default: rich renders about 1,000 rows a second here, so 5,000
+#: rows would take longer than fetching them; --csv and --html carry every run.
+DEFAULT_LIMIT = 50
+
 
 class CompareError(RunnerError):
     """A bad selection, sort key or output path given to ``runner.compare``."""
@@ -473,7 +477,16 @@ def _parser() -> argparse.ArgumentParser:
     order = rank.add_mutually_exclusive_group()
     order.add_argument("--desc", action="store_true", help="largest first")
     order.add_argument("--asc", action="store_true", help="smallest first")
-    rank.add_argument("--top", type=int, metavar="N", help="show (and with --tag-best tag) N")
+    rank.add_argument(
+        "--top", type=int, metavar="N", help="keep the N best runs (table, report, --tag-best)"
+    )
+    rank.add_argument(
+        "--limit",
+        type=int,
+        default=DEFAULT_LIMIT,
+        metavar="N",
+        help=f"terminal table rows at most (default {DEFAULT_LIMIT}; 0: all)",
+    )
     rank.add_argument(
         "--metrics",
         metavar="A,B",
@@ -515,6 +528,8 @@ def _run(args: argparse.Namespace) -> int:
 
     if args.top is not None and args.top < 1:
         raise CompareError(f"--top is {args.top}; it must be at least 1.")
+    if args.limit < 0:
+        raise CompareError(f"--limit is {args.limit}; it must be 0 (all rows) or more.")
     uri = resolve_uri(args.tracking_uri, Path.cwd()) if args.tracking_uri else None
     uri = uri or default_tracking_uri()
     _check_store(uri)
@@ -533,10 +548,15 @@ def _run(args: argparse.Namespace) -> int:
     else:
         metrics = default_metrics(runs, objective, sort)
     params = varying_params(runs)
-    shown = ordered[: args.top] if args.top else ordered
+    kept = ordered[: args.top] if args.top else ordered
+    shown = kept[: args.limit] if args.limit > 0 else kept
     by = f", by {sort.label} ({sort.direction})" if sort else ""
     title = f"{len(shown)} of {len(runs)} runs, {what}{by}"
     render_table(shown, params=params, metrics=metrics, title=title)
+    if len(shown) < len(kept):
+        print(
+            f"... and {len(kept) - len(shown)} more (--limit 0 shows all; --csv writes all)",
+        )
     if not runs:
         print(
             f"no runs selected ({what}, store {public_uri(uri)}).",
