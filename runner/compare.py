@@ -222,7 +222,9 @@ def varying_params(runs: Sequence[Run]) -> list[str]:
     for r in runs:
         for k, v in r.data.params.items():
             values.setdefault(k, set()).add(v)
-    return sorted(k for k, vs in values.items() if len(vs) > 1)
+    out = [k for k, vs in values.items() if len(vs) > 1]
+    # `model._target_` follows the `model` choice: a column that repeats it is noise.
+    return sorted(k for k in out if not (k.endswith("._target_") and k[: -len("._target_")] in out))
 
 
 def objective_of(runs: Sequence[Run]) -> tuple[str | None, str | None]:
