@@ -69,8 +69,8 @@ _MINIMIZE = re.compile(r"(loss|rmse|mse|mae|error|err\b|_time_s$|time|duration|l
 
 _SWEEP_TAG = "mlflow.parentRunId"
 
-#: Terminal table rows by default: rich renders about 1,000 rows a second here, so 5,000
-#: rows would take longer than fetching them; --csv and --html carry every run.
+#: Terminal table rows by default: rendering 5,000 rows with rich takes longer than fetching
+#: them (benchmarks/bench_compare.py --all-rows); --csv and --html carry every run.
 DEFAULT_LIMIT = 50
 
 
