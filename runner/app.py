@@ -170,6 +170,7 @@ def run(cfg: DictConfig) -> float:
             f"objective {objective!r} is not a metric this job produced; it produced: "
             f"{', '.join(sorted(metrics))}. Set objective=<one of those>."
         )
-    _log_artifacts(cfg, model, data, job)
+    if job.enabled:  # figures and model files are only worth building to log them
+        _log_artifacts(cfg, model, data, job)
     log.info("%s = %.6g", objective, metrics[objective])
     return float(metrics[objective])
