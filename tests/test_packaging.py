@@ -31,8 +31,9 @@ def test_wheel_ships_configs_and_runs_from_it(tmp_path: Path) -> None:
     # Run from the unpacked wheel alone, far from the checkout: configs come from the package.
     proc = subprocess.run(
         [sys.executable, "-c",
-         "import sys; sys.path.insert(0, sys.argv.pop(1)); from runner.__main__ import main;"
-         " sys.argv[0] = 'runner'; main()",
+         "import sys; sys.path.insert(0, sys.argv.pop(1)); import runner;"
+         " assert runner.__file__.startswith(sys.path[0]), runner.__file__;"
+         " from runner.__main__ import main; sys.argv[0] = 'runner'; main()",
          str(site), "model=rf", "--cfg", "job"],
         cwd=tmp_path, capture_output=True, text=True, check=False, timeout=120,
     )
