@@ -60,7 +60,10 @@ def fresh_store(directory: Path) -> str:
     """A migrated SQLite store in ``directory`` (migration time is not what we measure)."""
     uri = f"sqlite:///{directory / 'mlflow.db'}"
     subprocess.run(
-        python(f"from mlflow.tracking import MlflowClient; MlflowClient({uri!r}).search_experiments()"),
-        check=True, capture_output=True,
+        python(
+            f"from mlflow.tracking import MlflowClient; MlflowClient({uri!r}).search_experiments()"
+        ),
+        check=True,
+        capture_output=True,
     )
     return uri

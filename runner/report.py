@@ -127,9 +127,7 @@ def param_importances(
     verbosity = optuna.logging.get_verbosity()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
-        study = optuna.create_study(
-            direction="minimize" if direction == "minimize" else "maximize"
-        )
+        study = optuna.create_study(direction="minimize" if direction == "minimize" else "maximize")
     finally:
         optuna.logging.set_verbosity(verbosity)
     for r in scored:

@@ -7,8 +7,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 from tests.conftest import ROOT
 from tests.helpers import runs_of
 
@@ -20,7 +18,12 @@ def _run(name: str, cwd: Path, *extra: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PYTHON": sys.executable}
     return subprocess.run(
         ["bash", str(EXAMPLES / name / "run.sh"), *FAST, *extra],
-        cwd=cwd, env=env, capture_output=True, text=True, timeout=900, check=False,
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
     )
 
 
@@ -52,15 +55,15 @@ def test_models_by_datasets(tracking_uri: str, client, workdir: Path) -> None:  
     for dataset in ("iris", "wine"):
         kinds = _by_kind(runs_of(client, dataset))
         assert len(kinds["sweep"]) == 1
-        assert sorted(r.data.params["model"] for r in kinds["job"]) == ["logreg", "mlp", "rf", "xgb"]
+        models = sorted(r.data.params["model"] for r in kinds["job"])
+        assert models == ["logreg", "mlp", "rf", "xgb"]
         parent = kinds["sweep"][0].info.run_id
         assert {r.data.tags["mlflow.parentRunId"] for r in kinds["job"]} == {parent}
         assert {r.info.status for r in kinds["sweep"] + kinds["job"]} == {"FINISHED"}
 
 
-@pytest.mark.parametrize("name", ["failing_job"])
-def test_failing_job(name: str, tracking_uri: str, client, workdir: Path) -> None:  # type: ignore[no-untyped-def]
-    proc = _run(name, workdir, "model.epochs=5")
+def test_failing_job(tracking_uri: str, client, workdir: Path) -> None:  # type: ignore[no-untyped-def]
+    proc = _run("failing_job", workdir, "model.epochs=5")
     assert proc.returncode == 0, proc.stdout + proc.stderr  # the script checks the sweep's 1
     assert "training diverged" in proc.stderr and "Traceback" not in proc.stderr
     kinds = _by_kind(runs_of(client, "iris"))
