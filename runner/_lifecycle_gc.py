@@ -3,8 +3,8 @@
 MLflow's ``gc`` removes rows from the tracking database, which a tracking server does not
 expose over REST: it needs the backend store URI itself. The plan is computed with the same
 store queries ``mlflow gc`` makes (deleted runs and logged models by deletion time, deleted
-experiments by last update), then ``mlflow gc`` runs with exactly those ids, so what it
-deletes is what the plan showed. Space is measured on the artifact locations before and
+experiments by last update), then the body of ``mlflow gc`` runs with exactly those ids, so
+what it deletes is what the plan showed. Space is measured on the artifact locations before and
 after (local directories by walking them, anything else, S3 included, by listing through
 MLflow's artifact repository).
 """
@@ -14,7 +14,8 @@ from __future__ import annotations
 import contextlib
 import io
 import os
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlparse
@@ -117,6 +118,57 @@ def _sizes(uris: list[str], tracking_uri: str) -> tuple[int, int]:
     return total, unknown
 
 
+class _Lines(io.TextIOBase):
+    """A stdout that keeps every non-empty line written to it."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+        self._buf = ""
+
+    def write(self, text: str) -> int:
+        self._buf += text
+        *done, self._buf = self._buf.split("\n")
+        self.lines += [line.strip() for line in done if line.strip()]
+        return len(text)
+
+
+@contextlib.contextmanager
+def _global_tracking_uri(uri: str) -> Iterator[None]:
+    """Set MLflow's global tracking URI for a while, then restore it and the environment.
+
+    (MLflow's own ``_use_tracking_uri`` unsets ``MLFLOW_TRACKING_URI`` on the way out.)
+    """
+    import mlflow
+    from mlflow.tracking._tracking_service import utils
+
+    saved, saved_env = utils._tracking_uri, os.environ.get("MLFLOW_TRACKING_URI")
+    mlflow.set_tracking_uri(uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(saved)
+        if saved_env is not None:
+            os.environ["MLFLOW_TRACKING_URI"] = saved_env
+
+
+def _deleted_runs(store: Any, experiment_id: str) -> list[Any]:
+    from mlflow.entities import ViewType
+
+    runs: list[Any] = []
+    token = None
+    while True:
+        page = store.search_runs(
+            experiment_ids=[experiment_id],
+            filter_string="",
+            run_view_type=ViewType.DELETED_ONLY,
+            page_token=token,
+        )
+        runs.extend(page)
+        token = page.token
+        if not token:
+            return runs
+
+
 def plan_gc(
     *, tracking_uri: str, backend_store_uri: str | None, older_than_ms: int, older_than: str
 ) -> Plan:
@@ -142,22 +194,23 @@ def plan_gc(
         token = page.token
         if not token:
             break
-    exp_ids = [e.experiment_id for e in exps]
-    # gc also hard-deletes the deleted runs of those experiments (their artifacts too).
+    # gc hard-deletes a deleted experiment with its deleted runs, but refuses (midway) when
+    # one of those runs was deleted less than --older-than ago (a run deleted on its own
+    # after its experiment was restored and deleted again): such experiments wait.
+    old_runs = set(run_ids)
+    waiting: list[str] = []
     exp_runs: list[Any] = []
-    if exp_ids:
-        token = None
-        while True:
-            page = store.search_runs(
-                experiment_ids=exp_ids,
-                filter_string="",
-                run_view_type=ViewType.DELETED_ONLY,
-                page_token=token,
+    for e in list(exps):
+        inside = _deleted_runs(store, e.experiment_id)
+        if any(r.info.run_id not in old_runs for r in inside):
+            exps.remove(e)
+            waiting.append(
+                f"experiment {e.experiment_id} ({e.name}) waits: some of its runs were "
+                f"deleted less than {older_than} ago"
             )
-            exp_runs.extend(page)
-            token = page.token
-            if not token:
-                break
+        else:
+            exp_runs.extend(inside)
+    exp_ids = [e.experiment_id for e in exps]
     runs = {rid: store.get_run(rid) for rid in run_ids}
     runs.update({r.info.run_id: r for r in exp_runs})
     models = {mid: store.get_logged_model(mid, allow_deleted=True) for mid in model_ids}
@@ -180,25 +233,38 @@ def plan_gc(
     if unknown:
         size_note += f" ({unknown} locations could not be listed)"
     plan.notes.append(size_note)
+    plan.notes += waiting
 
     def execute(report: Callable[[str], None]) -> None:
-        from mlflow.cli import gc as mlflow_gc
+        with warnings.catch_warnings():
+            # Importing mlflow.cli imports mlflow.pyfunc, whose module-level schema inference
+            # warns about `Any` type hints in MLflow's own response types; nothing of ours.
+            warnings.filterwarnings(
+                "ignore", message=".*Any type hint is inferred as AnyType", category=UserWarning
+            )
+            from mlflow.cli import _gc_tracking_resources
 
-        args = ["--older-than", f"{older_than_ms / 1000:.3f}s", "--backend-store-uri", backend]
-        # Artifacts proxied by a server (mlflow-artifacts:/) resolve through the tracking URI.
-        args += ["--tracking-uri", tracking_uri]
-        if run_ids:
-            args += ["--run-ids", ",".join(run_ids)]
-        if model_ids:
-            args += ["--logged-model-ids", ",".join(model_ids)]
-        if exp_ids:
-            args += ["--experiment-ids", ",".join(exp_ids)]
-        out = io.StringIO()
-        with contextlib.redirect_stdout(out):
-            mlflow_gc.main(args=args, prog_name="mlflow gc", standalone_mode=False)
-        for line in out.getvalue().splitlines():
-            if line.strip():
-                report(f"mlflow gc: {line.strip()}")
+        out = _Lines()
+        # The body of `mlflow gc` (mlflow/cli/__init__.py, pinned mlflow 3.17), called with
+        # the planned ids: the command itself cannot be told to skip deleted experiments,
+        # and it re-checks every id (deleted, old enough) before deleting it. Artifacts
+        # proxied by a server (mlflow-artifacts:/) resolve through the tracking URI.
+        try:
+            with _global_tracking_uri(tracking_uri), contextlib.redirect_stdout(out):
+                _gc_tracking_resources(
+                    backend_store=store,
+                    run_ids=run_ids,
+                    experiment_ids=exp_ids,
+                    logged_model_ids=model_ids,
+                    older_than=f"{older_than_ms / 1000:.3f}s",
+                    time_delta=older_than_ms,
+                    skip_experiments=not exp_ids,
+                    skip_logged_models=not model_ids,
+                )
+        finally:
+            # What gc did is reported even when it stopped on an error midway.
+            for line in out.lines:
+                report(f"mlflow gc: {line}")
         after, _ = _sizes(locations, tracking_uri)
         report(
             f"reclaimed {human_bytes(max(before - after, 0))} of artifacts "

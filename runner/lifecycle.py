@@ -282,14 +282,21 @@ def _step_argv(step: Any, index: int) -> list[str]:
 
 
 def _load_policy(file: str, overrides: Sequence[str]) -> tuple[dict[str, Any], Path]:
+    import yaml
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
     path = _policy_file(file)
     try:
-        cfg = OmegaConf.merge(OmegaConf.load(path), OmegaConf.from_dotlist(list(overrides)))
+        cfg = OmegaConf.load(path)
+        for item in overrides:
+            key, sep, raw = item.partition("=")
+            if not sep or not key:
+                raise ValueError(f"override {item!r} is not KEY=VALUE (steps.0.close-stale.x=y)")
+            # OmegaConf.update, not a merged dotlist: it indexes into the steps list.
+            OmegaConf.update(cfg, key, yaml.safe_load(raw), force_add=True)
         data = OmegaConf.to_container(cfg, resolve=True)
-    except (OmegaConfBaseException, OSError, ValueError) as e:
+    except (OmegaConfBaseException, OSError, ValueError, yaml.YAMLError) as e:
         raise RunnerError(f"policy file {path} cannot be read: {e}") from None
     if not isinstance(data, dict) or not isinstance(data.get("steps"), list):
         raise RunnerError(
@@ -335,7 +342,13 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of ``python -m runner.lifecycle``; returns the exit code."""
     parser = build_parser()
     try:
-        args = parser.parse_args(argv)
+        # Policy overrides may follow flags (`policy FILE --yes steps.0.x=y`), which a
+        # positional nargs="*" after optionals does not accept: collect them as leftovers.
+        args, extra = parser.parse_known_args(argv)
+        if extra and (args.command != "policy" or any(a.startswith("-") for a in extra)):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        if extra:
+            args.overrides = [*args.overrides, *extra]
     except SystemExit as e:
         return int(e.code or 0)
     try:
