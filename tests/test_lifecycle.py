@@ -13,6 +13,7 @@ import functools
 import io
 import os
 import shutil
+import signal
 import socket
 import sqlite3
 import subprocess
@@ -515,6 +516,7 @@ def server(store: Store) -> Iterator[str]:
         stdout=log,
         stderr=subprocess.STDOUT,
         env={k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"},
+        start_new_session=True,  # its own process group: uvicorn's worker stops with it
     )
     url = f"http://127.0.0.1:{port}"
     try:
@@ -532,11 +534,11 @@ def server(store: Store) -> Iterator[str]:
             pytest.skip(msg)
         yield url
     finally:
-        proc.terminate()
+        os.killpg(proc.pid, signal.SIGTERM)
         try:
-            proc.wait(timeout=15)
+            proc.wait(timeout=5)
         except subprocess.TimeoutExpired:
-            proc.kill()
+            os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
         log.close()
 
