@@ -146,7 +146,7 @@ def _global_tracking_uri(uri: str) -> Iterator[None]:
     try:
         yield
     finally:
-        mlflow.set_tracking_uri(saved)
+        mlflow.set_tracking_uri(saved)  # type: ignore[arg-type]  # None: unset again
         if saved_env is not None:
             os.environ["MLFLOW_TRACKING_URI"] = saved_env
 

@@ -343,7 +343,7 @@ def plan_prune_failed(
 
     def depth(rid: str) -> int:
         parent = by_id[rid].data.tags.get(PARENT_TAG)
-        return 1 + depth(parent) if parent in prune and parent != rid else 0
+        return 1 + depth(parent) if parent is not None and parent in prune else 0
 
     # Children first: an interrupted prune never leaves a deleted parent over live children.
     order = sorted(prune, key=lambda rid: (-depth(rid), rid))

@@ -302,7 +302,7 @@ def _load_policy(file: str, overrides: Sequence[str]) -> tuple[dict[str, Any], P
         raise RunnerError(
             f"policy file {path} has no `steps:` list; see conf/lifecycle/default.yaml."
         )
-    return data, path
+    return {str(k): v for k, v in data.items()}, path
 
 
 def _run_policy(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
