@@ -25,6 +25,9 @@ EpochCallback = Callable[[int, dict[str, float]], None]
 class _Affine(nn.Module):
     """``(x - shift) / scale`` with fitted buffers (or its inverse)."""
 
+    shift: torch.Tensor
+    scale: torch.Tensor
+
     def __init__(self, shift: np.ndarray, scale: np.ndarray, *, inverse: bool = False) -> None:
         super().__init__()
         self.register_buffer("shift", torch.as_tensor(shift, dtype=torch.float32))

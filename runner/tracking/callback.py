@@ -110,7 +110,7 @@ def _redact_hydra_files(config: DictConfig) -> None:
 def _job_artifacts(config: DictConfig, prov: provenance.Provenance) -> dict[str, str]:
     import yaml
 
-    job_cfg = OmegaConf.masked_copy(config, [k for k in config if k != "hydra"])
+    job_cfg = OmegaConf.masked_copy(config, [str(k) for k in config if k != "hydra"])
     resolved = redact_tree(OmegaConf.to_container(job_cfg, resolve=True))
     files = {"config.yaml": yaml.safe_dump(resolved, sort_keys=False)}
     out = OmegaConf.select(config, "hydra.runtime.output_dir", default=None)

@@ -72,8 +72,9 @@ def config_params(cfg: DictConfig, choices: Mapping[str, str] | None = None) -> 
         choices: Hydra's ``runtime.choices``; each non-Hydra group except ``backend``
             becomes a param named after the group (``model`` = ``xgb``).
     """
-    keep = [k for k in cfg if k not in NOT_PARAMS]
+    keep = [str(k) for k in cfg if k not in NOT_PARAMS]
     resolved = OmegaConf.to_container(OmegaConf.masked_copy(cfg, keep), resolve=True)
+    assert isinstance(resolved, dict)
     # Unresolved leaves, to keep `${oc.env:...}` references of secrets instead of values.
     raw = dict(flatten(OmegaConf.to_container(OmegaConf.masked_copy(cfg, keep), resolve=False)))
     params: dict[str, str] = {}
