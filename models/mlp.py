@@ -84,6 +84,9 @@ class _MLPBase(BaseEstimator):
     def _output_layers(self, y: np.ndarray) -> list[nn.Module]:
         return []
 
+    def _learn_target(self, y: np.ndarray) -> None:
+        """Fit what the target encoding needs (the classes) before training."""
+
     # -- training -------------------------------------------------------------------------
     def fit(
         self,
@@ -119,6 +122,7 @@ class _MLPBase(BaseEstimator):
         torch.manual_seed(self.seed)
         gen = torch.Generator().manual_seed(self.seed)
         X = np.asarray(X, dtype=np.float32)
+        self._learn_target(np.asarray(y))
         target, n_out = self._prepare_target(np.asarray(y))
         mean = X.mean(axis=0)
         std = X.std(axis=0)
@@ -192,21 +196,8 @@ class MLPClassifier(ClassifierMixin, _MLPBase):
         idx = np.searchsorted(self.classes_, y)
         return torch.as_tensor(idx, dtype=torch.long), len(self.classes_)
 
-    def fit(
-        self,
-        X: np.ndarray,
-        y: np.ndarray,
-        *,
-        X_val: np.ndarray | None = None,
-        y_val: np.ndarray | None = None,
-        on_epoch_end: EpochCallback | None = None,
-    ) -> MLPClassifier:
-        """Train; see :meth:`_MLPBase.fit` for the keyword arguments."""
-        # Explicit keywords, not **kwargs: runner.app passes X_val/on_epoch_end only to a
-        # fit whose signature names them, so **kwargs silently lost the per-epoch metrics.
-        self.classes_ = np.unique(np.asarray(y))
-        super().fit(X, y, X_val=X_val, y_val=y_val, on_epoch_end=on_epoch_end)
-        return self
+    def _learn_target(self, y: np.ndarray) -> None:
+        self.classes_ = np.unique(y)
 
     def _loss(self, out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return nn.functional.cross_entropy(out, target)

@@ -293,7 +293,8 @@ def resolve_sort(
     return Sort(kind, key, direction)
 
 
-def _num(value: Any) -> float | None:
+def finite_float(value: Any) -> float | None:
+    """``value`` as a finite float, or None."""
     try:
         x = float(value)
     except (TypeError, ValueError):
@@ -314,7 +315,7 @@ def order_runs(runs: Sequence[Run], sort: Sort | None) -> list[Run]:
     missing: list[Run] = []
     for r in by_time:
         raw = getattr(r.data, sort.kind).get(sort.key)
-        x = _num(raw)
+        x = finite_float(raw)
         if x is not None:
             have.append(((0, sign * x, ""), r))
         elif raw is not None and sort.kind == "params":

@@ -13,12 +13,11 @@ from __future__ import annotations
 
 import html
 import logging
-import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from runner.compare import Sort, fmt_value, iso_time, objective_of
+from runner.compare import Sort, finite_float, fmt_value, iso_time, objective_of
 
 if TYPE_CHECKING:
     from mlflow.entities import Run
@@ -47,17 +46,9 @@ table.runs tr.best { background: #e8f5e9; } table.runs tr.FAILED { color: #b71c1
 """
 
 
-def _num(value: Any) -> float | None:
-    try:
-        x = float(value)
-    except (TypeError, ValueError):
-        return None
-    return x if math.isfinite(x) else None
-
-
 def _numeric(values: Sequence[str | None]) -> bool:
     present = [v for v in values if v is not None]
-    return bool(present) and all(_num(v) is not None for v in present)
+    return bool(present) and all(finite_float(v) is not None for v in present)
 
 
 def _is_int(values: Sequence[str]) -> bool:
@@ -70,7 +61,7 @@ def _log_scale(xs: Sequence[float]) -> bool:
 
 
 def _scored(runs: Sequence[Run], metric: str) -> list[Run]:
-    return [r for r in runs if _num(r.data.metrics.get(metric)) is not None]
+    return [r for r in runs if finite_float(r.data.metrics.get(metric)) is not None]
 
 
 def _trial_number(r: Run, index: int) -> int:
@@ -165,7 +156,7 @@ def _parallel(runs: Sequence[Run], params: Sequence[str], objective: str) -> Any
         values = [r.data.params.get(p) for r in scored]
         if _numeric(values):
             dims.append(
-                {"label": p, "values": [_num(v) if v is not None else None for v in values]}
+                {"label": p, "values": [finite_float(v) if v is not None else None for v in values]}
             )
             continue
         levels = sorted({str(v) for v in values})
