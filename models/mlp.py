@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
 
 import numpy as np
 import torch
@@ -190,10 +189,20 @@ class MLPClassifier(ClassifierMixin, _MLPBase):
         idx = np.searchsorted(self.classes_, y)
         return torch.as_tensor(idx, dtype=torch.long), len(self.classes_)
 
-    def fit(self, X: np.ndarray, y: np.ndarray, **kwargs: Any) -> MLPClassifier:
+    def fit(
+        self,
+        X: np.ndarray,
+        y: np.ndarray,
+        *,
+        X_val: np.ndarray | None = None,
+        y_val: np.ndarray | None = None,
+        on_epoch_end: EpochCallback | None = None,
+    ) -> MLPClassifier:
         """Train; see :meth:`_MLPBase.fit` for the keyword arguments."""
+        # Explicit keywords, not **kwargs: runner.app passes X_val/on_epoch_end only to a
+        # fit whose signature names them, so **kwargs silently lost the per-epoch metrics.
         self.classes_ = np.unique(np.asarray(y))
-        super().fit(X, y, **kwargs)
+        super().fit(X, y, X_val=X_val, y_val=y_val, on_epoch_end=on_epoch_end)
         return self
 
     def _loss(self, out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
