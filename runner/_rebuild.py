@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
@@ -42,6 +43,8 @@ log = logging.getLogger(__name__)
 #: Root keys of a logged job config that replay never takes from it: the hydra node and
 #: the defaults list are rebuilt here (a crafted artifact could add callbacks through them).
 _NOT_FROM_LOG = ("hydra", "defaults")
+#: A config group or option name: dotted or slashed words, no `..` or absolute paths.
+_NAME = re.compile(r"[A-Za-z0-9_\-]+(?:[./][A-Za-z0-9_\-]+)*")
 
 
 class UntrustedTargetError(RunnerError):
@@ -54,7 +57,8 @@ class UntrustedTargetError(RunnerError):
 def allowed_targets(extra: Iterable[str] = ()) -> list[str]:
     """The allow-listed ``_target_`` prefixes: ``conf/replay.yaml`` plus ``extra``."""
     text = resources.files("runner.conf").joinpath("replay.yaml").read_text(encoding="utf-8")
-    listed = OmegaConf.create(text).get("allowed_targets") or []
+    conf = OmegaConf.to_container(OmegaConf.create(text))
+    listed = conf.get("allowed_targets") or [] if isinstance(conf, dict) else []
     return [str(p) for p in [*listed, *extra]]
 
 
@@ -206,6 +210,12 @@ def write_config_dir(
     defaults: list[Any] = []
     for key, option in groups.items():
         group = key.partition("@")[0]
+        if not all(_NAME.fullmatch(n) for n in (group, _package(key), option)):
+            # Both become file paths here: a crafted hydra.yaml must not write outside dest.
+            raise ConfigError(
+                f"the logged group choice {key}={option!r} is not a valid config name; the "
+                "run's .hydra/hydra.yaml was altered, so it cannot be replayed."
+            )
         node = nodes[key]
         # A group whose content went to another package (`_global_` presets) leaves only
         # its choice: its values are already in the root config.
@@ -249,7 +259,7 @@ def compose(config_dir: Path, overrides: Sequence[str], *, run_id: str) -> Compo
         with initialize_config_dir(config_dir=str(config_dir), version_base="1.3"):
             cfg = hydra_compose("config", overrides=list(overrides), return_hydra_config=True)
             HydraConfig.instance().set_config(cfg)
-            job = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
+            job = OmegaConf.masked_copy(cfg, [str(k) for k in cfg if k != "hydra"])
             resolved = OmegaConf.to_container(job, resolve=True)
             choices = OmegaConf.to_container(cfg.hydra.runtime.choices)
     except (HydraException, OmegaConfBaseException) as e:

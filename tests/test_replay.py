@@ -28,10 +28,11 @@ from tests.conftest import run_cli
 class Store:
     """The module's store: its URI, a client, and the source runs by name."""
 
-    def __init__(self, uri: str) -> None:
+    def __init__(self, root: Path) -> None:
         from mlflow.tracking import MlflowClient
 
-        self.uri = uri
+        self.root = root
+        self.uri = uri = f"sqlite:///{root / 'mlflow.db'}"
         self.client = MlflowClient(uri)
         self.runs: dict[str, str] = {}
 
@@ -59,8 +60,7 @@ def _run_runner(*args: str) -> None:
 def store(tmp_path_factory: pytest.TempPathFactory, _template_db: Path) -> Iterator[Store]:
     root = tmp_path_factory.mktemp("replay-store")
     shutil.copy(_template_db, root / "mlflow.db")
-    uri = f"sqlite:///{root / 'mlflow.db'}"
-    s = Store(uri)
+    s = Store(root)
     jobs = {
         "logreg": ["model=logreg"],
         "xgb": ["model=xgb", "model.n_estimators=10"],
@@ -68,16 +68,14 @@ def store(tmp_path_factory: pytest.TempPathFactory, _template_db: Path) -> Itera
     }
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(root)
-        mp.setenv("MLFLOW_TRACKING_URI", uri)
+        mp.setenv("MLFLOW_TRACKING_URI", s.uri)
         for name, args in jobs.items():
             before = s.run_ids()
             _run_runner(*args)
             (s.runs[name],) = s.run_ids() - before
         before = s.run_ids()
         _run_runner("-m", "model=rf", "model.n_estimators=5", "model.max_depth=2,3")
-        children = [
-            s.client.get_run(r) for r in s.run_ids() - before if r not in s.runs.values()
-        ]
+        children = [s.client.get_run(r) for r in s.run_ids() - before if r not in s.runs.values()]
         kids = [r for r in children if r.data.tags.get("runner.kind") == "job"]
         (second,) = [r for r in kids if r.data.params["model.max_depth"] == "3"]
         s.runs["rf-sweep-child"] = second.info.run_id
@@ -120,14 +118,16 @@ def _craft(
     run_id = run.info.run_id
     c.log_batch(run_id, params=[Param(k, v) for k, v in src.data.params.items()])
     with tempfile.TemporaryDirectory() as tmp:
-        for name in (".hydra/config.yaml", ".hydra/hydra.yaml", ".hydra/overrides.yaml"):
-            c.download_artifacts(source, name, tmp)
-        path = Path(tmp, ".hydra/config.yaml")
+        for name in ("config.yaml", "hydra.yaml", "overrides.yaml"):
+            got = Path(c.download_artifacts(source, f".hydra/{name}", tmp))
+            Path(tmp, "out", ".hydra").mkdir(parents=True, exist_ok=True)
+            got.rename(Path(tmp, "out", ".hydra", name))
+        path = Path(tmp, "out", ".hydra", "config.yaml")
         job = yaml.safe_load(path.read_text())
         if edit is not None:
             edit(job)
         path.write_text(yaml.safe_dump(job, sort_keys=False))
-        c.log_artifacts(run_id, tmp)
+        c.log_artifacts(run_id, str(Path(tmp, "out")))
     c.set_terminated(run_id)
     return run_id
 
@@ -179,7 +179,12 @@ def xgb_override(store: Store) -> tuple[int, str, str]:
     import io
 
     out = io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(io.StringIO()):
+    with (
+        pytest.MonkeyPatch.context() as mp,
+        contextlib.redirect_stdout(out),
+        contextlib.redirect_stderr(io.StringIO()),
+    ):
+        mp.chdir(store.root)
         code = replay.main(
             [store.runs["xgb"], "model.max_depth=3", "--check", "--tracking-uri", store.uri]
         )
@@ -192,7 +197,8 @@ def test_replay_with_override_changes_only_that_param(
     code, out, new_id = xgb_override
     src, new = store.client.get_run(store.runs["xgb"]), store.client.get_run(new_id)
     changed = {
-        k for k in src.data.params.keys() | new.data.params.keys()
+        k
+        for k in src.data.params.keys() | new.data.params.keys()
         if src.data.params.get(k) != new.data.params.get(k)
     }
     assert changed == {"model.max_depth"}
@@ -383,3 +389,26 @@ def test_bad_input_errors(store: Store, capsys: pytest.CaptureFixture[str]) -> N
         assert "error:" in capsys.readouterr().err
     assert diff.main(["0" * 32, store.runs["logreg"], "--tracking-uri", store.uri]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_check_tolerance(store: Store, xgb_override: tuple[int, str, str]) -> None:
+    from runner._replay_checks import compare_metrics, metric_table
+
+    source, new = store.runs["xgb"], xgb_override[2]
+    exact = compare_metrics(store.client, source, new)
+    assert not all(r.equal for r in exact)
+    assert not any(r.key.endswith("_time_s") for r in exact)
+    loose = compare_metrics(store.client, source, new, rtol=0.05)
+    assert all(r.equal for r in loose), metric_table(loose)
+    assert "boost_val_mlogloss" in metric_table(loose)
+
+
+def test_crafted_choice_cannot_write_outside_the_config_dir(tmp_path: Path) -> None:
+    from runner._rebuild import write_config_dir
+    from runner.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="not a valid config name"):
+        write_config_dir(
+            tmp_path / "conf", {"model": {"a": 1}}, {"model": "../../evil"}, callbacks={}
+        )
+    assert not (tmp_path / "evil.yaml").exists()
