@@ -61,10 +61,12 @@ def store(tmp_path_factory: pytest.TempPathFactory, _template_db: Path) -> Itera
     root = tmp_path_factory.mktemp("replay-store")
     shutil.copy(_template_db, root / "mlflow.db")
     s = Store(root)
+    # Model and figure logging are most of a job's time here; one run (logreg) keeps them.
+    quick = ["tracking.log_model=false", "tracking.log_figures=false"]
     jobs = {
         "logreg": ["model=logreg"],
-        "xgb": ["model=xgb", "model.n_estimators=10"],
-        "mlp": ["model=mlp", "model.epochs=3", "model.hidden_sizes=[16]"],
+        "xgb": ["model=xgb", "model.n_estimators=10", *quick],
+        "mlp": ["model=mlp", "model.epochs=3", "model.hidden_sizes=[16]", *quick],
     }
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(root)
@@ -74,7 +76,7 @@ def store(tmp_path_factory: pytest.TempPathFactory, _template_db: Path) -> Itera
             _run_runner(*args)
             (s.runs[name],) = s.run_ids() - before
         before = s.run_ids()
-        _run_runner("-m", "model=rf", "model.n_estimators=5", "model.max_depth=2,3")
+        _run_runner("-m", "model=rf", "model.n_estimators=5", "model.max_depth=2,3", *quick)
         children = [s.client.get_run(r) for r in s.run_ids() - before if r not in s.runs.values()]
         kids = [r for r in children if r.data.tags.get("runner.kind") == "job"]
         (second,) = [r for r in kids if r.data.params["model.max_depth"] == "3"]
@@ -205,9 +207,12 @@ def test_replay_with_override_changes_only_that_param(
     assert (src.data.params["model.max_depth"], new.data.params["model.max_depth"]) == ("6", "3")
     assert json.loads(new.data.tags["runner.replay.overrides"]) == ["model.max_depth=3"]
     assert json.loads(new.data.tags["runner.overrides"]) == [
+        *json.loads(src.data.tags["runner.overrides"]),
+        "model.max_depth=3",
+    ]
+    assert json.loads(src.data.tags["runner.overrides"])[:2] == [
         "model=xgb",
         "model.n_estimators=10",
-        "model.max_depth=3",
     ]
     # --check reports the metrics the change moved, and fails.
     assert code == 1
