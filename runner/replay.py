@@ -328,7 +328,8 @@ def replay(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``python -m runner.replay``; returns the exit status."""
-    args = _parser().parse_args(argv)
+    # Intermixed: options may come after the overrides (`<id> model.max_depth=3 --check`).
+    args = _parser().parse_intermixed_args(argv)
     try:
         return replay(args)
     except RunnerError as e:

@@ -224,7 +224,7 @@ def test_replay_with_override_changes_only_that_param(
 def test_replay_group_switch_uses_todays_group(
     store: Store, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    code, out, err = _replay(store, store.runs["logreg"], "model=rf", "--dry-run", capsys=capsys)
+    code, out, err = _replay(store, store.runs["logreg"], "--dry-run", "model=rf", capsys=capsys)
     assert code == 0, err
     assert "sklearn.ensemble.RandomForestClassifier" in out
     assert "model: logreg -> rf" in err
