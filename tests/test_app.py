@@ -85,9 +85,9 @@ def test_parquet_regression(workdir: Path) -> None:
 
     rng = np.random.default_rng(0)
     x = rng.normal(size=(80, 3))
-    pd.DataFrame({"x0": x[:, 0], "x1": x[:, 1], "x2": x[:, 2], "y": x @ [1.0, 2.0, 0.5]}).to_parquet(
-        workdir / "d.parquet"
-    )
+    pd.DataFrame(
+        {"x0": x[:, 0], "x1": x[:, 1], "x2": x[:, 2], "y": x @ [1.0, 2.0, 0.5]}
+    ).to_parquet(workdir / "d.parquet")
     value = run(
         compose_cfg(
             ["dataset=csv", "dataset.path=d.parquet", "dataset.target=y", "dataset.task=regression"]

@@ -19,7 +19,13 @@ def _options(group: str) -> list[str]:
 def test_every_group_has_its_options() -> None:
     assert _options("model") == ["logreg", "mlp", "rf", "xgb"]
     assert set(_options("dataset")) >= {
-        "iris", "wine", "digits", "breast_cancer", "diabetes", "synthetic", "csv"
+        "iris",
+        "wine",
+        "digits",
+        "breast_cancer",
+        "diabetes",
+        "synthetic",
+        "csv",
     }
     assert set(_options("backend")) >= {"local", "none"}
 
@@ -36,9 +42,13 @@ def test_dataset_instantiates(dataset: str) -> None:
 
 def test_csv_dataset_instantiates(tmp_path) -> None:  # type: ignore[no-untyped-def]
     path = tmp_path / "data.csv"
-    path.write_text("a,b,color,label\n" + "".join(
-        f"{i},{i % 3},{'red' if i % 2 else 'blue'},{'yes' if i % 2 else 'no'}\n" for i in range(40)
-    ))
+    path.write_text(
+        "a,b,color,label\n"
+        + "".join(
+            f"{i},{i % 3},{'red' if i % 2 else 'blue'},{'yes' if i % 2 else 'no'}\n"
+            for i in range(40)
+        )
+    )
     cfg = compose_cfg(["dataset=csv", f"dataset.path={path}", "dataset.target=label"])
     data = instantiate(cfg.dataset)
     assert data.target_names == ["no", "yes"]
@@ -53,7 +63,7 @@ def test_model_instantiates_for_each_task(model: str, dataset: str) -> None:
     task = cfg.dataset.task
     from sklearn.base import is_classifier, is_regressor
 
-    assert (is_classifier(est) if task == "classification" else is_regressor(est)), est
+    assert is_classifier(est) if task == "classification" else is_regressor(est), est
     # sklearn and xgboost estimators are instantiated directly, not wrapped.
     if model in ("rf", "xgb", "logreg"):
         assert type(est).__module__.split(".")[0] in ("sklearn", "xgboost")

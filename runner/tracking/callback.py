@@ -247,9 +247,7 @@ def _swept(config: DictConfig, keys: tuple[str, ...]) -> bool:
         parsed = OverridesParser.create().parse_overrides([str(o) for o in raw])
     except Exception:  # a bad override is reported by Hydra itself
         return True
-    return any(
-        o.is_sweep_override() and o.key_or_group.split(".")[0] in keys for o in parsed
-    )
+    return any(o.is_sweep_override() and o.key_or_group.split(".")[0] in keys for o in parsed)
 
 
 def close_open_runs(status: str, error: BaseException | None = None) -> None:
