@@ -28,7 +28,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.services import start_postgres, start_runner_server  # noqa: E402
+from tests.services import start_postgres, start_runner_server
 
 _TAGS = {f"runner.tag{i}": "x" * 40 for i in range(20)}
 _PARAMS = {f"model.param{i}": str(i) for i in range(30)}

@@ -142,7 +142,11 @@ def run(cfg: DictConfig) -> float:
 
     start = time.perf_counter()
     with job.autolog(flavor if cfg.tracking.autolog else None):
-        model.fit(data.X_train, data.y_train, **_fit_kwargs(model, data, job))
+        try:
+            model.fit(data.X_train, data.y_train, **_fit_kwargs(model, data, job))
+        except FloatingPointError as e:
+            # Divergence is a bad hyperparameter, not a bug: say so without a traceback.
+            raise RunnerError(f"{e}. The model was {type(model).__name__}.") from None
     fit_time = time.perf_counter() - start
     _log_boosting_rounds(model, job)
 
@@ -166,6 +170,7 @@ def run(cfg: DictConfig) -> float:
             f"objective {objective!r} is not a metric this job produced; it produced: "
             f"{', '.join(sorted(metrics))}. Set objective=<one of those>."
         )
-    _log_artifacts(cfg, model, data, job)
+    if job.enabled:  # figures and model files are only worth building to log them
+        _log_artifacts(cfg, model, data, job)
     log.info("%s = %.6g", objective, metrics[objective])
     return float(metrics[objective])

@@ -248,8 +248,11 @@ def test_processes_share_a_fresh_postgres_store(workdir: Path, postgres: Service
     procs = [
         subprocess.Popen(
             [sys.executable, "-c", _RACE, uri, str(workdir / "artifacts"), f"p{i}"],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT,
-        )  # fmt: skip
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            cwd=ROOT,
+        )
         for i in range(4)
     ]
     outputs = [p.communicate(timeout=300)[0] for p in procs]
