@@ -50,7 +50,4 @@ def evaluate(model: Any, data: Any) -> dict[str, float]:
     probabilities and AUC is defined). Regression: RMSE, MAE, R2.
     """
     fn = _classification if data.task == "classification" else _regression
-    return {
-        **fn(model, data.X_train, data.y_train, "train"),
-        **fn(model, data.X_val, data.y_val, "val"),
-    }
+    return {**fn(model, data.X_train, data.y_train, "train"), **fn(model, data.X_val, data.y_val, "val")}

@@ -9,6 +9,7 @@ new trial start as soon as any slot frees.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import logging
 import signal
@@ -38,10 +39,8 @@ def warm(modules: list[str]) -> int:
     import os
 
     for name in modules:
-        try:
+        with contextlib.suppress(ImportError):
             importlib.import_module(name)
-        except ImportError:
-            pass
     return os.getpid()
 
 
