@@ -123,7 +123,13 @@ def _xgb_pruning(model: Any) -> Any:
 
 
 def _fit_kwargs(model: Any, data: Dataset, job: tracking.NullRun) -> dict[str, Any]:
-    params = inspect.signature(model.fit).parameters
+    # MLPClassifier.fit takes **kwargs and passes them on: look through the whole MRO.
+    params = {
+        name
+        for cls in type(model).__mro__
+        if "fit" in vars(cls)
+        for name in inspect.signature(vars(cls)["fit"]).parameters
+    }
     kwargs: dict[str, Any] = {}
     if "on_epoch_end" in params:  # our MLP: per-epoch losses as step metrics
         kwargs.update(X_val=data.X_val, y_val=data.y_val, on_epoch_end=_epoch_end(job))

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +60,17 @@ def resolve_storage(url: Any, launch_dir: Path, sweep_dir: Path, n_jobs: int) ->
     return url
 
 
+@contextlib.contextmanager
+def file_lock(path: Path) -> Iterator[None]:
+    """An exclusive lock on ``path`` (created), shared by every process on this host."""
+    import fcntl
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        yield
+
+
 def make_storage(spec: Any) -> Any:
     """An Optuna storage object from a spec of :func:`resolve_storage`."""
     import optuna
@@ -70,11 +83,16 @@ def make_storage(spec: Any) -> Any:
         Path(spec[1]).parent.mkdir(parents=True, exist_ok=True)
         return JournalStorage(JournalFileBackend(spec[1]))
     kwargs: dict[str, Any] = {}
-    if spec.startswith("sqlite"):
+    lock: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
+    if spec.startswith("sqlite:///"):
         # Several trial processes write at once; wait for SQLite's lock instead of failing.
         kwargs["engine_kwargs"] = {"connect_args": {"timeout": 60}}
+        # Two sweeps opening a new file at once race on Optuna's schema creation
+        # (UNIQUE constraint failed: alembic_version.version_num): one at a time.
+        lock = file_lock(Path(spec[len("sqlite:///") :] + ".runner.lock"))
     try:
-        return optuna.storages.RDBStorage(spec, **kwargs)
+        with lock:
+            return optuna.storages.RDBStorage(spec, **kwargs)
     except Exception as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ConfigError(

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from runner.tracking.job import JobRun, NullRun
 
-__all__ = ["Sweep", "State", "state"]
+__all__ = ["State", "Sweep", "state"]
 
 
 @dataclass
