@@ -151,6 +151,8 @@ class Outcome:
     state: str
     values: list[float] = field(default_factory=list)
     error: str | None = None
+    #: The job's return cannot fit the study at all (wrong number of values): stop.
+    fatal: bool = False
 
 
 def _describe(error: BaseException) -> str:
@@ -181,6 +183,7 @@ def outcome(status_ok: bool, value: Any, n_objectives: int) -> Outcome:
             "FAIL",
             error=f"the job returned {len(values)} value(s) ({value!r}) but the study has "
             f"{n_objectives} direction(s)",
+            fatal=True,
         )
     bad = [v for v in values if not math.isfinite(v)]
     if bad:

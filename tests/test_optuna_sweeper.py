@@ -411,3 +411,36 @@ def test_rf_preset_with_two_jobs(workdir: Path, client: Any) -> None:
     assert {c.info.status for c in children} == {"FINISHED"}
     study = _study(workdir)
     assert len({t.system_attrs["runner.owner"] for t in study.trials}) == 1
+
+
+def test_space_follows_hydra_grammar() -> None:
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+    from runner.errors import ConfigError
+    from runner.optuna_sweep.space import parse_space
+
+    space = parse_space(
+        {"a": "range(2, 10)", "b": "range(0, 10, 3)", "c": "tag(log, interval(0.001, 0.3))"},
+        [
+            "d=int(interval(1, 5))",
+            "e=choice(x, y)",
+            "f=range(0.1, 0.4, 0.1)",
+            "a=range(2, 5)",  # the command line wins over params
+            "seed=3",
+        ],
+    )
+    d = space.distributions
+    assert d["a"] == IntDistribution(2, 4)  # stop excluded, as Hydra defines range
+    assert d["b"] == IntDistribution(0, 9, step=3)
+    assert d["c"] == FloatDistribution(0.001, 0.3, log=True)
+    assert d["d"] == IntDistribution(1, 5)
+    assert d["e"] == CategoricalDistribution(["x", "y"])
+    assert isinstance(d["f"], CategoricalDistribution) and len(d["f"].choices) == 3
+    assert space.fixed == ["seed=3"]
+    assert parse_space({}, ["a=range(2, 5)", "e=x,y"]).grid() == {"a": [2, 3, 4], "e": ["x", "y"]}
+    with pytest.raises(ConfigError, match="grid sampler needs a discrete space"):
+        parse_space({"c": "interval(0.0, 1.0)"}, []).grid()
+    with pytest.raises(ConfigError, match=r"'x=interval\(1'.*grammar is"):
+        parse_space({}, ["x=interval(1"])
+    with pytest.raises(ConfigError, match="low .* must be below high"):
+        parse_space({"x": "interval(2.0, 1.0)"}, [])

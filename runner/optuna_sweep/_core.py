@@ -492,6 +492,11 @@ class OptunaSweep:
 
     def _tell(self, study: Any, trial: Any, result: Outcome, progress: Progress) -> None:
         self._record(study, trial, result, progress)
+        if result.fatal:
+            raise SweepError(
+                f"study {study.study_name!r} stopped: {result.error}. Make the job return one "
+                "value per hydra.sweeper.direction."
+            )
         failed = [r for r in self.finished_here if r.state == "FAIL"]
         rate = len(failed) / len(self.finished_here)
         if failed and rate > self.max_failure_rate:
@@ -502,8 +507,6 @@ class OptunaSweep:
                 f"{failed[-1].error}. Fix the failing jobs (see their runner.error tag and "
                 "logs), or raise hydra.sweeper.max_failure_rate; re-running resumes the study."
             )
-        if result.state == "FAIL" and result.error and "direction(s)" in result.error:
-            raise SweepError(f"study {study.study_name!r} stopped: {result.error}.")
 
     def _void_mine(self, study: Any, storage: Any) -> None:
         """Interrupted: this process's running trials do not count and are re-queued."""

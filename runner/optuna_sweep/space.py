@@ -6,7 +6,7 @@ Hydra override                     Optuna distribution
 ``choice(a, b, c)`` / ``a,b,c``    ``CategoricalDistribution([a, b, c])``
 ``range(a, b[, step])`` (ints)     ``IntDistribution(a, last, step)``, ``last < b`` (b excluded,
                                    as Hydra defines it)
-``range(a, b, step)`` (floats)     ``CategoricalDistribution`` of Hydra's own expansion
+``range(a, b, step)`` (floats)     ``CategoricalDistribution`` of its values, b excluded
 ``interval(a, b)``                 ``FloatDistribution(a, b)``
 ``int(interval(a, b))``            ``IntDistribution(a, b)``
 ``tag(log, <interval/range>)``     the same with ``log=True``
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -115,7 +116,10 @@ def _distribution(override: Any, text: str) -> Any:
             return IntDistribution(start, last, step=step, log=log)
         if log:
             raise _bad(text, "tag(log, range(...)) needs integers")
-        choices = list(value)  # Hydra's own expansion excludes stop
+        # Hydra's own float expansion accumulates rounding (range(0.1, 0.4, 0.1) yields
+        # 0.30000000000000004 and 0.4); count the steps instead, stop excluded.
+        n = math.ceil((stop - start) / step - 1e-9)
+        choices = [round(start + i * step, 12) for i in range(max(n, 0))]
         if not choices:
             raise _bad(text, "it is empty")
         return CategoricalDistribution(choices)
