@@ -442,5 +442,5 @@ def test_space_follows_hydra_grammar() -> None:
         parse_space({"c": "interval(0.0, 1.0)"}, []).grid()
     with pytest.raises(ConfigError, match=r"'x=interval\(1'.*grammar is"):
         parse_space({}, ["x=interval(1"])
-    with pytest.raises(ConfigError, match="low .* must be below high"):
+    with pytest.raises(ConfigError, match=r"low .* must be below high"):
         parse_space({"x": "interval(2.0, 1.0)"}, [])
