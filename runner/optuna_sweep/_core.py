@@ -87,6 +87,7 @@ class OptunaSweep:
         self.max_failure_rate = float(self.sc.max_failure_rate)
         self.mine: dict[int, Any] = {}  # trial number -> Trial, running in this process
         self.finished_here: list[Outcome] = []
+        self._templates: dict[tuple[str, ...], DictConfig] = {}
 
     # -- set-up ---------------------------------------------------------------------------
     def _objectives(self, directions: list[str]) -> list[str]:
@@ -324,12 +325,62 @@ class OptunaSweep:
         return trial
 
     def _job_config(self, trial: Any, space: SearchSpace) -> DictConfig:
-        overrides = list(space.fixed) + [f"{k}={format_value(v)}" for k, v in trial.params.items()]
-        cfg = self.hydra_context.config_loader.load_sweep_config(self.config, overrides)
+        """The trial's job config, as Hydra's ``load_sweep_config`` would compose it.
+
+        A full compose costs 0.15-0.8 s here, most of a small trial's overhead. Trials that
+        share their config-group choices share a composed template; the trial's plain
+        key overrides are then applied to a copy by Hydra's own override code, and the
+        override bookkeeping (``hydra.overrides.task``, ``override_dirname``) redone the
+        same way Hydra does it.
+        """
+        import copy
+
+        from hydra._internal.config_loader_impl import ConfigLoaderImpl, get_overrides_dirname
+        from hydra.core.override_parser.overrides_parser import OverridesParser
+
+        groups = set(OmegaConf.select(self.config, "hydra.runtime.choices", default={}) or {})
+        grouped = [
+            f"{k}={format_value(v)}" for k, v in trial.params.items() if k.lstrip("+~") in groups
+        ]
+        plain = [
+            f"{k}={format_value(v)}"
+            for k, v in trial.params.items()
+            if k.lstrip("+~") not in groups
+        ]
+        key = tuple(grouped)
+        if key not in self._templates:
+            self._templates[key] = self.hydra_context.config_loader.load_sweep_config(
+                self.config, list(space.fixed) + grouped
+            )
+        cfg = copy.deepcopy(self._templates[key])
+        OmegaConf.copy_cache(from_config=self.config, to_config=cfg)
+        parsed = OverridesParser.create().parse_overrides(plain)
+        ConfigLoaderImpl._apply_overrides_to_config(parsed, cfg)
         with open_dict(cfg):
+            cfg.hydra.overrides.task.extend(plain)
+            every = OverridesParser.create().parse_overrides(list(cfg.hydra.overrides.task))
+            conf = cfg.hydra.job.config.override_dirname
+            cfg.hydra.job.override_dirname = get_overrides_dirname(
+                overrides=every,
+                kv_sep=conf.kv_sep,
+                item_sep=conf.item_sep,
+                exclude_keys=conf.exclude_keys,
+            )
             cfg.hydra.job.id = str(trial.number)
             cfg.hydra.job.num = trial.number
         return cfg
+
+    def _compose(
+        self, study: Any, trial: Any, space: SearchSpace, progress: Progress
+    ) -> DictConfig | None:
+        """The trial's config; a trial whose params do not compose fails without a job."""
+        try:
+            return self._job_config(trial, space)
+        except Exception as e:
+            msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            error = f"the trial's config cannot be composed ({dict(trial.params)}): {msg}"
+            self._tell(study, trial, Outcome("FAIL", error=error), progress)
+            return None
 
     def _ref(self, trial: Any, spec: Any, directions: list[str], pruner: Any) -> TrialRef:
         import optuna
@@ -377,10 +428,13 @@ class OptunaSweep:
             self.mine[trial.number] = trial
             self._show(study, progress)
             handle = TrialHandle(self._ref(trial, spec, directions, pruner), trial)
+            config = self._compose(study, trial, space, progress)
+            if config is None:
+                continue
             result = run_trial(
                 hydra_context=self.hydra_context,
                 task_function=self.task_function,
-                config=self._job_config(trial, space),
+                config=config,
                 handle=handle,
             )
             configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
@@ -420,11 +474,14 @@ class OptunaSweep:
                         stop = True
                         break
                     self.mine[trial.number] = trial
+                    config = self._compose(study, trial, space, progress)
+                    if config is None:
+                        continue
                     payload = cloudpickle.dumps(
                         (
                             self.hydra_context,
                             self.task_function,
-                            self._job_config(trial, space),
+                            config,
                             Singleton.get_state(),
                             self._ref(trial, spec, directions, pruner),
                         )
