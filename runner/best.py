@@ -45,18 +45,14 @@ def _direction(runs: Sequence[Any], direction: str | None) -> str:
     )
 
 
-def rank(
-    runs: Sequence[Any], *, metric: str, direction: str | None = None
-) -> list[Any]:
+def rank(runs: Sequence[Any], *, metric: str, direction: str | None = None) -> list[Any]:
     """The runs that have a finite ``metric``, best first.
 
     Raises:
         RunnerError: No run has the metric (the message lists the metrics they have), or the
             direction is unknown.
     """
-    scored = [
-        r for r in runs if metric in r.data.metrics and math.isfinite(r.data.metrics[metric])
-    ]
+    scored = [r for r in runs if metric in r.data.metrics and math.isfinite(r.data.metrics[metric])]
     if not scored:
         have = sorted({k for r in runs for k in r.data.metrics})
         raise RunnerError(

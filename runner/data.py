@@ -119,9 +119,7 @@ def _split(
     )
 
 
-def load_builtin(
-    *, name: str, task: str, test_size: float = 0.25, seed: int = 0
-) -> Dataset:
+def load_builtin(*, name: str, task: str, test_size: float = 0.25, seed: int = 0) -> Dataset:
     """Load one of scikit-learn's bundled datasets (no download) and split it.
 
     Args:

@@ -54,6 +54,8 @@ def residual_figure(y_true: np.ndarray, y_pred: np.ndarray) -> Any:
 
 def importances(model: Any, feature_names: list[str]) -> dict[str, float] | None:
     """Feature importances (``feature_importances_``) or mean absolute coefficients."""
+    if hasattr(model, "steps"):  # a Pipeline: the estimator is its last step
+        model = model.steps[-1][1]
     values = getattr(model, "feature_importances_", None)
     if values is None and getattr(model, "coef_", None) is not None:
         coef = np.atleast_2d(np.asarray(model.coef_, dtype=float))

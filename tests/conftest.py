@@ -69,6 +69,11 @@ def no_leaked_runs() -> Iterator[None]:
 @pytest.fixture(autouse=True)
 def _reset_tracking_state() -> Iterator[None]:
     yield
+    if "mlflow" in sys.modules:
+        import mlflow
+
+        # The runner sets the global fluent URI; let the next test's env var govern again.
+        mlflow.set_tracking_uri(None)  # type: ignore[arg-type]
     from runner.tracking import callback
     from runner.tracking._state import state
 

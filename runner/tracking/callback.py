@@ -70,8 +70,15 @@ def _overrides(config: DictConfig) -> list[str]:
     return [redact_override(str(o)) for o in raw]
 
 
-def _create_parent(store: Store, experiment_id: str, config: DictConfig, sweep_dir: Path) -> str:
-    overrides = _overrides(config)
+def _create_parent(
+    store: Store,
+    experiment_id: str,
+    config: DictConfig,
+    sweep_dir: Path,
+    recorded: list[str] | None,
+) -> str:
+    # Parents made by a job (a sweep over datasets) name the sweep's overrides, not the job's.
+    overrides = recorded if recorded is not None else _overrides(config)
     tags = _common_tags(config, store.uri)
     tags.update(
         {
@@ -130,7 +137,7 @@ def _start_job(config: DictConfig) -> JobRun:
     if multirun:
         sweep_dir = _sweep_dir(config)
         parent = SweepParents(sweep_dir).get_or_create(
-            uri, exp_id, lambda: _create_parent(store, exp_id, config, sweep_dir)
+            uri, exp_id, lambda rec: _create_parent(store, exp_id, config, sweep_dir, rec)
         )
     choices: Mapping[str, Any] = OmegaConf.to_container(hc.runtime.choices)  # type: ignore[assignment]
     params = config_params(config, choices)
@@ -197,6 +204,7 @@ class MLflowCallback(Callback):
             log.error("MLflow tracking could not start the sweep: %s", e)
             return
         state.sweep = Sweep(uri=uri, dir=sweep_dir)
+        SweepParents(sweep_dir).set_overrides(_overrides(config))
         # The Optuna sweeper makes one parent per study (reused on resume and by other
         # sweep processes) and registers it before its first job.
         managed = OmegaConf.select(config, "hydra.sweeper._target_", default=None)
@@ -204,7 +212,7 @@ class MLflowCallback(Callback):
             config, ("dataset", "experiment_name")
         ):
             SweepParents(sweep_dir).get_or_create(
-                uri, exp_id, lambda: _create_parent(store, exp_id, config, sweep_dir)
+                uri, exp_id, lambda rec: _create_parent(store, exp_id, config, sweep_dir, rec)
             )
 
     def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:

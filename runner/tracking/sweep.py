@@ -14,6 +14,7 @@ import fcntl
 import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 __all__ = ["SELF_MANAGED_SWEEPERS", "SweepParents"]
 
@@ -36,7 +37,7 @@ class SweepParents:
         self.file = self.dir / "parents.json"
 
     @contextlib.contextmanager
-    def _locked(self) -> Iterator[dict[str, dict[str, str]]]:
+    def _locked(self) -> Iterator[dict[str, Any]]:
         self.dir.mkdir(parents=True, exist_ok=True)
         with (self.dir / "parents.lock").open("w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
@@ -48,23 +49,34 @@ class SweepParents:
                 tmp.write_text(json.dumps(data, indent=2, sort_keys=True))
                 tmp.replace(self.file)
 
-    def get_or_create(self, uri: str, experiment_id: str, create: Callable[[], str]) -> str:
-        """The parent run for ``experiment_id`` in store ``uri``, made by ``create`` once."""
+    def set_overrides(self, overrides: list[str]) -> None:
+        """Record the sweep's own (redacted) command-line overrides, for parents made later."""
         with self._locked() as data:
-            parents = data.setdefault(uri, {})
+            data["overrides"] = list(overrides)
+
+    def get_or_create(
+        self, uri: str, experiment_id: str, create: Callable[[list[str] | None], str]
+    ) -> str:
+        """The parent run for ``experiment_id`` in store ``uri``, made once.
+
+        ``create`` gets the sweep's recorded overrides (or None) and returns the new run id;
+        it runs under the registry's lock and must not use the registry itself.
+        """
+        with self._locked() as data:
+            parents = data.setdefault("parents", {}).setdefault(uri, {})
             if experiment_id not in parents:
-                parents[experiment_id] = create()
-            return parents[experiment_id]
+                parents[experiment_id] = create(data.get("overrides"))
+            return str(parents[experiment_id])
 
     def set(self, uri: str, experiment_id: str, run_id: str) -> None:
         """Record ``run_id`` as the parent for ``experiment_id`` (a sweeper that manages
         its own parent runs, e.g. one per Optuna study, registers it before any job)."""
         with self._locked() as data:
-            data.setdefault(uri, {})[experiment_id] = run_id
+            data.setdefault("parents", {}).setdefault(uri, {})[experiment_id] = run_id
 
     def all(self) -> dict[str, dict[str, str]]:
         """``{uri: {experiment_id: parent run id}}`` of every parent made so far."""
         if not self.file.exists():
             return {}
         with self._locked() as data:
-            return {uri: dict(p) for uri, p in data.items()}
+            return {uri: dict(p) for uri, p in data.get("parents", {}).items()}
