@@ -89,7 +89,8 @@ def test_parent_children_best_and_plots(workdir: Path, client: Any) -> None:
 
 
 def test_resume_after_sigterm(workdir: Path, client: Any, tracking_uri: str) -> None:
-    args = ["-m", "sweep=xgb_iris", "hydra.sweeper.n_trials=6", "model.n_estimators=20", *FAST]
+    # 300 boosting rounds: a trial lasts long enough for the signal to land inside it.
+    args = ["-m", "sweep=xgb_iris", "hydra.sweeper.n_trials=6", "model.n_estimators=300", *FAST]
     proc = subprocess.Popen(
         [sys.executable, "-m", "runner", *args],
         cwd=workdir,
@@ -107,8 +108,7 @@ def test_resume_after_sigterm(workdir: Path, client: Any, tracking_uri: str) -> 
     while time.monotonic() < deadline and proc.poll() is None:
         if list(workdir.glob("multirun/*/*/2/.hydra/overrides.yaml")):
             break
-        time.sleep(0.1)
-    time.sleep(0.5)
+        time.sleep(0.05)
     proc.send_signal(signal.SIGTERM)
     out, _ = proc.communicate(timeout=60)
     assert proc.returncode == 130, out

@@ -527,6 +527,9 @@ class OptunaSweep:
     def _record(self, study: Any, trial: Any, result: Outcome, progress: Progress) -> None:
         from optuna.trial import TrialState
 
+        # Forget it first: an interrupt from here on leaves it RUNNING with a dead owner,
+        # which the next start re-queues (never a finished trial voided).
+        self.mine.pop(trial.number, None)
         if result.state == "COMPLETE":
             study.tell(trial, result.values)
         elif result.state == "PRUNED":
@@ -537,7 +540,6 @@ class OptunaSweep:
                     trial._trial_id, "runner.error", result.error[:2000]
                 )
             study.tell(trial, state=TrialState.FAIL)
-        self.mine.pop(trial.number, None)
         self.finished_here.append(result)
         progress.done_here += 1
         shown = ", ".join(f"{v:.6g}" for v in result.values) or (result.error or "")[:200]

@@ -145,9 +145,10 @@ def void_and_retry(study: Any, storage: Any, trial: Any) -> None:
     """Mark a trial that never finished FAIL, out of the count, and queue its params again."""
     from optuna.trial import TrialState
 
+    if trial.state != TrialState.RUNNING:
+        return  # it finished after all (the interrupt came after its tell)
     storage.set_trial_system_attr(trial._trial_id, VOID_ATTR, True)
-    if trial.state == TrialState.RUNNING:
-        study.tell(trial.number, state=TrialState.FAIL)
+    study.tell(trial.number, state=TrialState.FAIL)
     if trial.params:
         study.enqueue_trial(dict(trial.params), user_attrs={"runner.retry_of": trial.number})
 
