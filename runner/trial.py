@@ -71,8 +71,12 @@ class TrialHandle:
         if self._trial is None:
             import optuna
 
+            from runner.optuna_sweep.storage import make_storage
+
             study = optuna.load_study(
-                study_name=self.ref.study_name, storage=self.ref.storage, pruner=self.ref.pruner
+                study_name=self.ref.study_name,
+                storage=make_storage(self.ref.storage),
+                pruner=self.ref.pruner,
             )
             self._trial = optuna.trial.Trial(study, self.ref.trial_id)
         return self._trial

@@ -198,7 +198,8 @@ class OptunaSweep:
         import optuna
 
         setup_globals()
-        directions = _directions(OmegaConf.to_container(self.sc, resolve=True)["direction"])
+        raw: Any = self.sc.direction
+        directions = _directions(OmegaConf.to_container(raw) if OmegaConf.is_list(raw) else raw)
         params = OmegaConf.to_container(self.sc.params, resolve=False) if self.sc.params else {}
         space = parse_space(params, list(arguments))  # type: ignore[arg-type]
         objectives = self._objectives(directions)

@@ -92,9 +92,10 @@ def _distribution(override: Any, text: str) -> Any:
         IntDistribution,
     )
 
-    value = override.value()
+    raw = override.value()
+    value: Any = raw  # Hydra's sweep types are loosely typed; checked below
     log = "log" in (getattr(value, "tags", None) or set())
-    if isinstance(value, ChoiceSweep):
+    if isinstance(raw, ChoiceSweep):
         if log:
             raise _bad(text, "tag(log, ...) applies to interval(...) and range(...), not choice")
         choices = list(value.list)
@@ -103,7 +104,7 @@ def _distribution(override: Any, text: str) -> Any:
         if any(isinstance(c, dict | list) for c in choices):
             raise _bad(text, "choices must be plain values (numbers, strings, bools, null)")
         return CategoricalDistribution(choices)
-    if isinstance(value, RangeSweep):
+    if isinstance(raw, RangeSweep):
         start, stop, step = value.start, value.stop, value.step
         if step is None or step == 0:
             raise _bad(text, "the step is zero")
@@ -123,7 +124,7 @@ def _distribution(override: Any, text: str) -> Any:
         if not choices:
             raise _bad(text, "it is empty")
         return CategoricalDistribution(choices)
-    if isinstance(value, IntervalSweep):
+    if isinstance(raw, IntervalSweep):
         low, high = value.start, value.end
         if not low < high:
             raise _bad(text, f"low ({low}) must be below high ({high})")

@@ -115,7 +115,7 @@ def open_study(storage: Any, *, name: str, directions: list[str], sampler: Any, 
                 storage=storage,
                 sampler=sampler,
                 pruner=pruner,
-                directions=directions,
+                directions=directions,  # type: ignore[arg-type]  # validated strings
             )
         except optuna.exceptions.DuplicatedStudyError:  # another process was first
             study = optuna.load_study(

@@ -254,7 +254,7 @@ class StudyTracker:
         name = info.objectives[0] if info.objectives else "Objective Value"
         if len(info.directions) > 1:
             target = lambda t: t.values[0]  # noqa: E731 - plots show the first objective
-        plots = {
+        plots: dict[str, Any] = {
             "plots/optimization_history.html": vis.plot_optimization_history,
             "plots/param_importances.html": vis.plot_param_importances,
             "plots/parallel_coordinate.html": vis.plot_parallel_coordinate,
