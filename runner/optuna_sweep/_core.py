@@ -220,8 +220,8 @@ class OptunaSweep:
             log.info("study %s: re-queued trials %s left running by a killed sweep", name, retried)
         self._warm_start(study, space)
         self.sweep_dir.mkdir(parents=True, exist_ok=True)
-        if self.n_jobs == 1 or len(directions) > 1:
-            optuna.logging.set_verbosity(optuna.logging.WARNING)
+        # Our own progress line/log lines say what Optuna's per-trial INFO lines would.
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
         info = self._info(space, name, directions, objectives, spec, pruner)
         from runner.tracking.study import study_tracker  # no MLflow import without tracking
 

@@ -151,6 +151,9 @@ class StudyTracker:
         finally:
             if error:
                 self.store.set_tag(self.parent_id, "runner.error", error)
+            # With cooperating sweep processes the first to finish ends the parent and the
+            # last one ends it again, with the final summary (the entry point's
+            # close_open_runs would end it anyway).
             self.store.end_run(self.parent_id, status)
 
     def _children(self) -> dict[int, Any]:
