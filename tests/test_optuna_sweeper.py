@@ -50,7 +50,7 @@ def _results(workdir: Path) -> dict[str, Any]:
 
 
 def test_parent_children_best_and_plots(workdir: Path, client: Any) -> None:
-    run_cli(
+    proc = run_cli(
         "-m",
         "hydra/sweeper=optuna",
         "hydra.sweeper.n_trials=4",
@@ -59,6 +59,11 @@ def test_parent_children_best_and_plots(workdir: Path, client: Any) -> None:
     )
     study = _study(workdir)
     assert len(study.trials) == 4
+    # Not a terminal: one plain progress line per finished trial.
+    assert "trial 3 COMPLETE" in proc.stdout + proc.stderr
+    assert (
+        f"{study.study_name}: 4/4 done, 0 running, 0 failed, 0 pruned" in proc.stdout + proc.stderr
+    )
     parent, children = _parent_and_children(client)
     assert parent.info.status == "FINISHED"
     assert parent.info.run_name == study.study_name
