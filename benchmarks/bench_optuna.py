@@ -182,6 +182,23 @@ def parallel(trials: int, n_jobs: int) -> tuple[float, float]:
         return wall, (end - start).total_seconds()
 
 
+_SPIN = "sum(i * i for i in range(2 * 10**7))"
+
+
+def control() -> float:
+    """Throughput ratio of two CPU-bound processes at once against one (the machine's own
+    ceiling for ``n_jobs=2``: 2.0 on two idle cores, less when others share them)."""
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-c", _SPIN], check=True)
+    one = time.perf_counter() - start
+    start = time.perf_counter()
+    procs = [subprocess.Popen([sys.executable, "-c", _SPIN]) for _ in range(2)]
+    for proc in procs:
+        proc.wait()
+    two = time.perf_counter() - start
+    return 2 * one / two
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run both benchmarks, alternating the two sides, and print the figures.
 
@@ -210,11 +227,17 @@ def main(argv: list[str] | None = None) -> int:
             flush=True,
         )
     if not args.skip_parallel:
-        one, two = [], []
+        one, two, ceiling = [], [], []
         for _ in range(args.repeat):
+            ceiling.append(control())
             one.append(parallel(args.parallel_trials, 1))
             two.append(parallel(args.parallel_trials, 2))
-            print(f"  parallel sample: n_jobs=1 {one[-1]}, n_jobs=2 {two[-1]}", flush=True)
+            print(
+                f"  parallel sample: n_jobs=1 {one[-1][0]:.1f}/{one[-1][1]:.1f} s, n_jobs=2 "
+                f"{two[-1][0]:.1f}/{two[-1][1]:.1f} s (wall/trials); two bare CPU-bound "
+                f"processes: {ceiling[-1]:.2f}x one",
+                flush=True,
+            )
         w1, s1 = min(x[0] for x in one), min(x[1] for x in one)
         w2, s2 = min(x[0] for x in two), min(x[1] for x in two)
         n = args.parallel_trials
@@ -223,6 +246,10 @@ def main(argv: list[str] | None = None) -> int:
             f"{w1:.1f} s wall / {s1:.1f} s trials, n_jobs=2 {w2:.1f} s wall / {s2:.1f} s "
             f"trials; throughput ratio {w1 / w2:.2f} wall, {s1 / s2:.2f} trial window "
             "(target >= 1.7)"
+        )
+        print(
+            f"machine ceiling for 2 processes (best of {args.repeat}): {max(ceiling):.2f}x "
+            "(2.00 on two idle cores)"
         )
     print(f"load average after: {os.getloadavg()[0]:.1f}")
     return 0
