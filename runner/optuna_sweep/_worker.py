@@ -79,7 +79,17 @@ def run_trial(
             close_job_run("KILLED")
             raise
     ok = ret.status == JobStatus.COMPLETED
-    return outcome(ok, ret._return_value, len(handle.ref.directions))
+    result = outcome(ok, ret._return_value, len(handle.ref.directions))
+    if result.state == "FAIL" and isinstance(ret._return_value, BaseException):
+        # What Hydra logs for a failed job (its JobReturn would also say it for a pruned
+        # one, which is no error): the overrides and the traceback.
+        log.error(
+            "trial %d failed; job overrides: %s",
+            handle.number,
+            list(ret.overrides or []),
+            exc_info=ret._return_value,
+        )
+    return result
 
 
 def run_trial_payload(payload: bytes) -> Outcome:

@@ -236,7 +236,12 @@ class MLflowCallback(Callback):
         trial = trial_mod.current()
         if isinstance(job, JobRun):
             error: BaseException | None = None
-            if job_return.status != JobStatus.COMPLETED:
+            if job_return.status != JobStatus.COMPLETED and trial is not None:
+                # Not through the property: it logs "Error executing job", wrong for a
+                # pruned trial (the sweeper reports every trial's end itself).
+                raw = job_return._return_value
+                error = raw if isinstance(raw, BaseException) else RunnerError(str(raw))
+            elif job_return.status != JobStatus.COMPLETED:
                 try:
                     job_return.return_value  # noqa: B018 - re-raises the job's exception
                 except BaseException as e:

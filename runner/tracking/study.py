@@ -236,7 +236,8 @@ class StudyTracker:
             tags=tags,
         )
         self._tag_best(children, set(best_numbers))
-        self._plots(study, info)
+        if counts[TrialState.COMPLETE]:
+            self._plots(study, info)
 
     def _tag_best(self, children: dict[int, Any], best: set[int]) -> None:
         # The same rule as runner.best.tag_best: the best carry the tag, the others lose it.
