@@ -449,3 +449,20 @@ def test_space_follows_hydra_grammar() -> None:
         parse_space({}, ["x=interval(1"])
     with pytest.raises(ConfigError, match=r"low .* must be below high"):
         parse_space({"x": "interval(2.0, 1.0)"}, [])
+
+
+def test_pruning_xgb_rounds(workdir: Path, client: Any) -> None:
+    """xgboost reports each boosting round; a pruned trial stops boosting early."""
+    proc = run_cli(
+        "-m", "sweep=xgb_pruned", "hydra.sweeper.n_trials=8", "model.n_estimators=60", *FAST
+    )
+    from optuna.trial import TrialState
+
+    study = _study(workdir)
+    pruned = [t for t in study.trials if t.state == TrialState.PRUNED]
+    assert pruned, [(t.number, t.state) for t in study.trials]
+    assert all(len(t.intermediate_values) < 60 for t in pruned)
+    assert "Error executing job" not in proc.stdout + proc.stderr  # pruned is no error
+    _, children = _parent_and_children(client, "breast_cancer")
+    states = {c.data.tags["runner.trial_state"]: c.info.status for c in children}
+    assert states == {"COMPLETE": "FINISHED", "PRUNED": "FINISHED"}
