@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
 
 import numpy as np
 import torch
@@ -25,6 +24,9 @@ EpochCallback = Callable[[int, dict[str, float]], None]
 
 class _Affine(nn.Module):
     """``(x - shift) / scale`` with fitted buffers (or its inverse)."""
+
+    shift: torch.Tensor
+    scale: torch.Tensor
 
     def __init__(self, shift: np.ndarray, scale: np.ndarray, *, inverse: bool = False) -> None:
         super().__init__()
@@ -82,6 +84,9 @@ class _MLPBase(BaseEstimator):
     def _output_layers(self, y: np.ndarray) -> list[nn.Module]:
         return []
 
+    def _learn_target(self, y: np.ndarray) -> None:
+        """Fit what the target encoding needs (the classes) before training."""
+
     # -- training -------------------------------------------------------------------------
     def fit(
         self,
@@ -117,6 +122,7 @@ class _MLPBase(BaseEstimator):
         torch.manual_seed(self.seed)
         gen = torch.Generator().manual_seed(self.seed)
         X = np.asarray(X, dtype=np.float32)
+        self._learn_target(np.asarray(y))
         target, n_out = self._prepare_target(np.asarray(y))
         mean = X.mean(axis=0)
         std = X.std(axis=0)
@@ -190,11 +196,8 @@ class MLPClassifier(ClassifierMixin, _MLPBase):
         idx = np.searchsorted(self.classes_, y)
         return torch.as_tensor(idx, dtype=torch.long), len(self.classes_)
 
-    def fit(self, X: np.ndarray, y: np.ndarray, **kwargs: Any) -> MLPClassifier:
-        """Train; see :meth:`_MLPBase.fit` for the keyword arguments."""
-        self.classes_ = np.unique(np.asarray(y))
-        super().fit(X, y, **kwargs)
-        return self
+    def _learn_target(self, y: np.ndarray) -> None:
+        self.classes_ = np.unique(y)
 
     def _loss(self, out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return nn.functional.cross_entropy(out, target)

@@ -123,13 +123,7 @@ def _xgb_pruning(model: Any) -> Any:
 
 
 def _fit_kwargs(model: Any, data: Dataset, job: tracking.NullRun) -> dict[str, Any]:
-    # MLPClassifier.fit takes **kwargs and passes them on: look through the whole MRO.
-    params = {
-        name
-        for cls in type(model).__mro__
-        if "fit" in vars(cls)
-        for name in inspect.signature(vars(cls)["fit"]).parameters
-    }
+    params = inspect.signature(model.fit).parameters
     kwargs: dict[str, Any] = {}
     if "on_epoch_end" in params:  # our MLP: per-epoch losses as step metrics
         kwargs.update(X_val=data.X_val, y_val=data.y_val, on_epoch_end=_epoch_end(job))
@@ -201,7 +195,11 @@ def run(cfg: DictConfig) -> float | list[float]:
         model.set_params(callbacks=[pruning])
     start = time.perf_counter()
     with job.autolog(flavor if cfg.tracking.autolog else None):
-        model.fit(data.X_train, data.y_train, **_fit_kwargs(model, data, job))
+        try:
+            model.fit(data.X_train, data.y_train, **_fit_kwargs(model, data, job))
+        except FloatingPointError as e:
+            # Divergence is a bad hyperparameter, not a bug: say so without a traceback.
+            raise RunnerError(f"{e}. The model was {type(model).__name__}.") from None
     fit_time = time.perf_counter() - start
     _log_boosting_rounds(model, job)
     if pruning is not None:
@@ -230,7 +228,8 @@ def run(cfg: DictConfig) -> float | list[float]:
                 f"objective {objective!r} is not a metric this job produced; it produced: "
                 f"{', '.join(sorted(metrics))}. Set objective=<one of those>."
             )
-    _log_artifacts(cfg, model, data, job)
+    if job.enabled:  # figures and model files are only worth building to log them
+        _log_artifacts(cfg, model, data, job)
     for objective in objectives:
         log.info("%s = %.6g", objective, metrics[objective])
     if OmegaConf.is_list(cfg.objective):  # multi-objective sweeps: one value per objective

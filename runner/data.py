@@ -7,6 +7,7 @@ tell whether the data changed. Nothing here downloads anything.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -128,8 +129,6 @@ def load_builtin(*, name: str, task: str, test_size: float = 0.25, seed: int = 0
         test_size: Fraction held out for validation.
         seed: Seed of the split.
     """
-    import sklearn.datasets
-
     if name not in BUILTIN:
         raise DataError(
             f"unknown built-in dataset {name!r}; available: {', '.join(sorted(BUILTIN))}."
@@ -140,23 +139,41 @@ def load_builtin(*, name: str, task: str, test_size: float = 0.25, seed: int = 0
             f"Drop the override or set dataset.task={BUILTIN[name]}."
         )
     _check_test_size(test_size)
-    bunch: Any = getattr(sklearn.datasets, f"load_{name}")()
-    X = np.asarray(bunch.data, dtype=np.float64)
-    y = np.asarray(bunch.target)
-    target_names = [str(t) for t in getattr(bunch, "target_names", [])]
+    X, y, feature_names, target_names, digest = _read_builtin(name)
     return _split(
         name=name,
         task=task,
         X=X,
         y=y,
-        feature_names=[str(f) for f in bunch.feature_names]
-        if hasattr(bunch, "feature_names")
-        else [f"x{i}" for i in range(X.shape[1])],
-        digest=_array_digest(X, y),
+        feature_names=list(feature_names),
+        digest=digest,
         test_size=test_size,
         seed=seed,
-        target_names=target_names if task == "classification" else None,
+        target_names=list(target_names) if task == "classification" else None,
     )
+
+
+@functools.cache
+def _read_builtin(
+    name: str,
+) -> tuple[np.ndarray, np.ndarray, tuple[str, ...], tuple[str, ...], str]:
+    # Read (and digest) once per process: a sweep's jobs share the process under the basic
+    # launcher, and the split below copies the arrays, so sharing them is safe.
+    import sklearn.datasets
+
+    bunch: Any = getattr(sklearn.datasets, f"load_{name}")()
+    X = np.asarray(bunch.data, dtype=np.float64)
+    y = np.asarray(bunch.target)
+    X.setflags(write=False)
+    y.setflags(write=False)
+    names = getattr(bunch, "feature_names", None)
+    features = (
+        tuple(str(f) for f in names)
+        if names is not None
+        else tuple(f"x{i}" for i in range(X.shape[1]))
+    )
+    targets = tuple(str(t) for t in getattr(bunch, "target_names", []))
+    return X, y, features, targets, _array_digest(X, y)
 
 
 def make_synthetic(

@@ -41,6 +41,7 @@ def test_config_params(monkeypatch: pytest.MonkeyPatch) -> None:
             "backend": {"uri": "http://u:pw@host"},
             "db": {"password": "hunter2", "token": "${oc.env:RUNNER_TEST_SECRET}"},
             "url": "postgresql://bob:pw@host/db",
+            "home": "${oc.env:RUNNER_TEST_SECRET}",
             "k" * 300: 1,
         }
     )
@@ -52,6 +53,8 @@ def test_config_params(monkeypatch: pytest.MonkeyPatch) -> None:
     assert params["db.password"] == REDACTED
     assert params["db.token"] == "${oc.env:RUNNER_TEST_SECRET}"
     assert params["url"] == f"postgresql://bob:{REDACTED}@host/db"
+    # An environment value never reaches the store, whatever its key: the reference does.
+    assert params["home"] == "${oc.env:RUNNER_TEST_SECRET}"
     assert all(len(k) <= MAX_KEY for k in params)
     assert "s3cr3t" not in str(params) and "hunter2" not in str(params)
 

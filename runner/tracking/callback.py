@@ -23,8 +23,8 @@ from runner.errors import RunnerError, TrackingError
 from runner.tracking import provenance
 from runner.tracking._state import Sweep, state
 from runner.tracking.job import JobRun, NullRun
-from runner.tracking.params import config_params
-from runner.tracking.redact import redact_file, redact_override, redact_tree
+from runner.tracking.params import config_params, public_config
+from runner.tracking.redact import redact_file, redact_override
 from runner.tracking.store import Store, check_reachable, public_uri, resolve_uri
 from runner.tracking.sweep import SELF_MANAGED_SWEEPERS, SweepParents
 
@@ -111,8 +111,7 @@ def _redact_hydra_files(config: DictConfig) -> None:
 def _job_artifacts(config: DictConfig, prov: provenance.Provenance) -> dict[str, str]:
     import yaml
 
-    job_cfg = OmegaConf.masked_copy(config, [k for k in config if k != "hydra"])
-    resolved = redact_tree(OmegaConf.to_container(job_cfg, resolve=True))
+    resolved = public_config(config, skip=frozenset({"hydra"}))
     files = {"config.yaml": yaml.safe_dump(resolved, sort_keys=False)}
     out = OmegaConf.select(config, "hydra.runtime.output_dir", default=None)
     sub = OmegaConf.select(config, "hydra.output_subdir", default=None)

@@ -61,6 +61,7 @@ class JobRun(NullRun):
     """
 
     enabled = True
+    run_id: str
 
     def __init__(self, store: Store, run_id: str, *, flush_every_s: float = 10.0) -> None:
         self.store = store

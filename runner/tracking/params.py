@@ -24,6 +24,7 @@ __all__ = [
     "NOT_PARAMS",
     "config_params",
     "flatten",
+    "public_config",
     "stringify",
 ]
 
@@ -64,27 +65,49 @@ def flatten(obj: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
         yield prefix, obj
 
 
+def public_config(cfg: DictConfig, *, skip: frozenset[str] = NOT_PARAMS) -> dict[str, Any]:
+    """The resolved config as it may be logged: no secret and no environment value in it.
+
+    Leaves under secret-looking keys become :data:`REDACTED` (or keep their ``${...}``
+    reference); leaves written as ``${oc.env:NAME}`` anywhere keep the reference rather than
+    the value, so a config (a replayed one included) cannot copy the environment into a
+    shared tracking store; URL credentials are masked.
+
+    Args:
+        cfg: The config.
+        skip: Root keys left out.
+    """
+    masked = OmegaConf.masked_copy(cfg, [str(k) for k in cfg if k not in skip])
+    resolved = OmegaConf.to_container(masked, resolve=True)
+    raw = dict(flatten(OmegaConf.to_container(masked, resolve=False)))
+
+    def walk(obj: Any, path: str) -> Any:
+        if isinstance(obj, dict):
+            return {k: walk(v, f"{path}.{k}" if path else str(k)) for k, v in obj.items()}
+        if isinstance(obj, list):
+            return [walk(v, f"{path}.{i}") for i, v in enumerate(obj)]
+        ref = raw.get(path)
+        is_ref = isinstance(ref, str) and ref.startswith("${")
+        if is_ref and "oc.env:" in str(ref):
+            return ref
+        if is_secret_key(path) and obj is not None:
+            return ref if is_ref else REDACTED
+        return redact_text(obj) if isinstance(obj, str) else obj
+
+    result = walk(resolved, "")
+    assert isinstance(result, dict)
+    return result
+
+
 def config_params(cfg: DictConfig, choices: Mapping[str, str] | None = None) -> dict[str, str]:
-    """The params of a job: every resolved leaf (secrets redacted) plus the group choices.
+    """The params of a job: every leaf of :func:`public_config`, plus the group choices.
 
     Args:
         cfg: The job's config (with or without the ``hydra`` node; it is skipped).
         choices: Hydra's ``runtime.choices``; each non-Hydra group except ``backend``
             becomes a param named after the group (``model`` = ``xgb``).
     """
-    keep = [k for k in cfg if k not in NOT_PARAMS]
-    resolved = OmegaConf.to_container(OmegaConf.masked_copy(cfg, keep), resolve=True)
-    # Unresolved leaves, to keep `${oc.env:...}` references of secrets instead of values.
-    raw = dict(flatten(OmegaConf.to_container(OmegaConf.masked_copy(cfg, keep), resolve=False)))
-    params: dict[str, str] = {}
-    for root, sub in resolved.items():
-        for path, value in flatten(sub, str(root)):
-            if is_secret_key(path) and value is not None:
-                ref = raw.get(path)
-                value = ref if isinstance(ref, str) and ref.startswith("${") else REDACTED
-            elif isinstance(value, str):
-                value = redact_text(value)
-            params[_key(path)] = stringify(value)
+    params = {_key(path): stringify(value) for path, value in flatten(public_config(cfg))}
     for group, option in (choices or {}).items():
         if group.startswith("hydra/") or group == "hydra" or group.split("/")[0] in NOT_PARAMS:
             continue

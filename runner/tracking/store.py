@@ -8,12 +8,15 @@ explicitly activated.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
+import signal
 import tempfile
+import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
@@ -99,6 +102,20 @@ def check_reachable(uri: str, *, timeout: float = 5.0) -> None:
             )
 
 
+@contextlib.contextmanager
+def _signals_deferred() -> Iterator[None]:
+    """Hold SIGTERM and SIGINT back (they are delivered on exit) in the main thread."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held = {signal.SIGTERM, signal.SIGINT}
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
 def _chunks(items: list[Any], size: int) -> Iterable[list[Any]]:
     for i in range(0, len(items), size):
         yield items[i : i + size]
@@ -114,7 +131,10 @@ class Store:
         self.uri = uri
         # Model logging and autolog use the fluent API, which reads the global URI.
         mlflow.set_tracking_uri(uri)
-        self.client: MlflowClient = MlflowClient(tracking_uri=uri)
+        # The client creates or upgrades a SQL store's schema here; a SIGTERM in the middle
+        # of a migration leaves a store no client can open, so it waits until after.
+        with _signals_deferred():
+            self.client: MlflowClient = MlflowClient(tracking_uri=uri)
 
     # -- errors ---------------------------------------------------------------------------
     def _fail(self, what: str, e: Exception) -> TrackingError:

@@ -1,0 +1,69 @@
+"""Timing helpers shared by the benchmarks: side-by-side, median of repeats."""
+
+from __future__ import annotations
+
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def timed_subprocess(args: list[str], *, cwd: Path, env: dict[str, str] | None = None) -> float:
+    """Wall time of one subprocess, which must succeed."""
+    start = time.perf_counter()
+    proc = subprocess.run(
+        args, cwd=cwd, env={**os.environ, **(env or {})}, capture_output=True, text=True
+    )
+    elapsed = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise SystemExit(f"benchmark command failed: {args}\n{proc.stdout}\n{proc.stderr}")
+    return elapsed
+
+
+def python(code: str) -> list[str]:
+    """Command line running ``code`` with this interpreter."""
+    return [sys.executable, "-c", code]
+
+
+def compare(
+    name: str,
+    ours: Callable[[Path], float],
+    baseline: Callable[[Path], float],
+    *,
+    repeats: int = 3,
+    target: float | None = None,
+) -> float:
+    """Run both sides alternately in fresh directories; print medians and their ratio."""
+    a: list[float] = []
+    b: list[float] = []
+    for _ in range(repeats):
+        with tempfile.TemporaryDirectory() as d1, tempfile.TemporaryDirectory() as d2:
+            b.append(baseline(Path(d2)))
+            a.append(ours(Path(d1)))
+    ratio = statistics.median(a) / statistics.median(b)
+    verdict = "" if target is None else (" OK" if ratio <= target else f" ABOVE TARGET {target}")
+    print(
+        f"{name}: runner {statistics.median(a):.2f}s, baseline {statistics.median(b):.2f}s, "
+        f"ratio {ratio:.2f}{verdict}",
+        flush=True,
+    )
+    return ratio
+
+
+def fresh_store(directory: Path) -> str:
+    """A migrated SQLite store in ``directory`` (migration time is not what we measure)."""
+    uri = f"sqlite:///{directory / 'mlflow.db'}"
+    subprocess.run(
+        python(
+            f"from mlflow.tracking import MlflowClient; MlflowClient({uri!r}).search_experiments()"
+        ),
+        check=True,
+        capture_output=True,
+    )
+    return uri

@@ -1,0 +1,67 @@
+"""The Hydra callback that marks a replay's run; ``runner.replay`` adds it to the config.
+
+It runs after the MLflow callback (Hydra calls ``on_job_start`` in list order), so the job's
+run exists: it tags the run and records its id for ``replay --check``. It lives in its own
+module because ``python -m runner.replay`` runs ``runner.replay`` as ``__main__``, and
+Hydra's instantiation would import a second copy of that module.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf
+
+from runner.tracking._state import state
+from runner.tracking.redact import redact_override
+
+__all__ = ["ReplayCallback", "replay_runs"]
+
+log = logging.getLogger(__name__)
+
+#: Run ids of the replays started in this process, in order.
+replay_runs: list[str] = []
+
+
+class ReplayCallback(Callback):
+    """Tag the job's run as a replay of ``source_run_id``.
+
+    Args:
+        source_run_id: The replayed run.
+        source_overrides: The source job's overrides; ``runner.overrides`` of the replay
+            becomes these followed by the replay's own, i.e. its overrides of ``conf/``.
+        note: The run's description (``mlflow.note.content``, markdown).
+    """
+
+    def __init__(
+        self,
+        *,
+        source_run_id: str,
+        source_overrides: Sequence[str] = (),
+        note: str = "",
+        **_: Any,
+    ) -> None:
+        self.source_run_id = source_run_id
+        self.source_overrides = [str(o) for o in source_overrides]
+        self.note = note
+
+    def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
+        """Tag the run the MLflow callback just started."""
+        job = state.job
+        if job is None or job.run_id is None:
+            return
+        raw = OmegaConf.select(config, "hydra.overrides.task", default=None) or []
+        new = [redact_override(str(o)) for o in raw]
+        job.set_tags(
+            {
+                "runner.replay_of": self.source_run_id,
+                "runner.replay.overrides": json.dumps(new),
+                "runner.overrides": json.dumps([*self.source_overrides, *new]),
+                "mlflow.note.content": self.note,
+            }
+        )
+        replay_runs.append(job.run_id)

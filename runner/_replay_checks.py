@@ -1,0 +1,190 @@
+"""What replay checks around the run: warnings before it, the metric comparison after it."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from runner.tracking.params import flatten
+from runner.tracking.provenance import Provenance
+from runner.tracking.redact import REDACTED
+
+if TYPE_CHECKING:
+    from mlflow.tracking import MlflowClient
+
+__all__ = [
+    "MetricRow",
+    "compare_metrics",
+    "dataset_warnings",
+    "format_table",
+    "is_timing",
+    "provenance_warnings",
+    "redacted_keys",
+]
+
+_PKG = "runner.pkg."
+
+
+def _short(commit: str) -> str:
+    return commit[:12]
+
+
+def provenance_warnings(tags: Mapping[str, str], now: Provenance) -> list[str]:
+    """What can make a replay differ from its source: code, Python, package versions.
+
+    Args:
+        tags: The source run's tags (``runner.git.*``, ``runner.python``, ``runner.pkg.*``).
+        now: The provenance of the code that will run the replay.
+    """
+    out: list[str] = []
+    then = tags.get("runner.git.commit")
+    if then and now.git_commit and then != now.git_commit:
+        out.append(
+            f"the source run was logged at commit {_short(then)}, the code here is at "
+            f"{_short(now.git_commit)}: results may differ (`git checkout {_short(then)}` "
+            "replays the same code)."
+        )
+    elif then and not now.git_commit:
+        out.append(
+            f"the source run was logged at commit {_short(then)}, but the launch directory is "
+            "not in a git repository now, so the code cannot be compared."
+        )
+    elif not then:
+        out.append("the source run recorded no git commit, so its code cannot be compared.")
+    if tags.get("runner.git.dirty") == "true":
+        out.append(
+            "the source run's working tree had uncommitted changes (its "
+            "provenance/git_diff.patch artifact holds them); a replay runs without them."
+        )
+    if now.git_dirty:
+        out.append(
+            "the working tree here has uncommitted changes (git status); they run in the replay."
+        )
+    py = tags.get("runner.python")
+    if py and py != now.python:
+        out.append(f"Python differs: {py} then, {now.python} now.")
+    then_pkgs = {k[len(_PKG) :]: v for k, v in tags.items() if k.startswith(_PKG)}
+    for name in sorted(set(then_pkgs) | set(now.packages)):
+        a, b = then_pkgs.get(name), now.packages.get(name)
+        if a != b:
+            out.append(
+                f"package {name} differs: {a or 'not installed'} then, {b or 'not installed'} now."
+            )
+    return out
+
+
+def dataset_warnings(tags: Mapping[str, str], digest_now: str, *, overridden: bool) -> list[str]:
+    """A warning when the dataset's content digest differs from the source run's."""
+    then = tags.get("runner.dataset_digest")
+    if not then:
+        return ["the source run recorded no dataset digest, so its data cannot be compared."]
+    if then == digest_now:
+        return []
+    why = (
+        " (expected: your overrides change dataset.*)"
+        if overridden
+        else ": the data changed since the run, so results may differ"
+    )
+    return [f"the dataset differs: digest {then} then, {digest_now} now{why}."]
+
+
+def redacted_keys(job: Mapping[str, Any]) -> list[str]:
+    """Config paths whose logged value is the redaction mark (a secret never logged)."""
+    return [path for path, value in flatten(dict(job)) if value == REDACTED]
+
+
+def is_timing(key: str) -> bool:
+    """Timing metrics (``*_time_s``) differ run to run; replay --check leaves them out."""
+    return key.endswith("_time_s")
+
+
+@dataclass
+class MetricRow:
+    """One metric of ``replay --check``: last values, largest difference over its steps."""
+
+    key: str
+    original: float | None
+    replay: float | None
+    difference: float | None
+    equal: bool
+    note: str = ""
+
+
+def _close(a: float, b: float, rtol: float) -> bool:
+    if a == b or (math.isnan(a) and math.isnan(b)):
+        return True
+    return abs(a - b) <= rtol * max(abs(a), abs(b))
+
+
+def _history(client: MlflowClient, run_id: str, key: str) -> list[tuple[int, float]]:
+    points = client.get_metric_history(run_id, key)
+    return sorted((int(m.step), float(m.value)) for m in points)
+
+
+def compare_metrics(
+    client: MlflowClient, original: str, replay: str, *, rtol: float = 0.0
+) -> list[MetricRow]:
+    """Compare every metric of two runs (timing metrics aside), step by step.
+
+    Args:
+        client: A client on the store holding both runs.
+        original: The source run id.
+        replay: The replay's run id.
+        rtol: Relative tolerance; 0 means bitwise equal.
+    """
+    last_a = client.get_run(original).data.metrics
+    last_b = client.get_run(replay).data.metrics
+    rows: list[MetricRow] = []
+    for key in sorted(set(last_a) | set(last_b)):
+        if is_timing(key):
+            continue
+        a, b = last_a.get(key), last_b.get(key)
+        if a is None or b is None:
+            rows.append(MetricRow(key, a, b, None, False, "missing in one run"))
+            continue
+        ha, hb = _history(client, original, key), _history(client, replay, key)
+        if [s for s, _ in ha] != [s for s, _ in hb]:
+            rows.append(MetricRow(key, a, b, b - a, False, f"{len(ha)} vs {len(hb)} steps"))
+            continue
+        worst, equal = 0.0, True
+        for (_, va), (_, vb) in zip(ha, hb, strict=True):
+            if not _close(va, vb, rtol):
+                equal = False
+            if not (math.isnan(va) and math.isnan(vb)):
+                worst = max(worst, abs(vb - va))
+        note = f"{len(ha)} steps" if len(ha) > 1 else ""
+        rows.append(MetricRow(key, a, b, worst, equal, note))
+    return rows
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else repr(value)
+
+
+def format_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """A plain-text table with aligned columns."""
+    widths = [len(h) for h in headers]
+    for row in rows:
+        widths = [max(w, len(c)) for w, c in zip(widths, row, strict=True)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]
+    lines.append("  ".join("-" * w for w in widths))
+    for row in rows:
+        lines.append("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+    return "\n".join(lines)
+
+
+def metric_table(rows: Sequence[MetricRow]) -> str:
+    """The ``--check`` table: metric, original, replay, difference (max over steps)."""
+    body = [
+        [
+            r.key,
+            _fmt(r.original),
+            _fmt(r.replay),
+            "-" if r.difference is None else ("0" if r.difference == 0 else f"{r.difference:.3g}"),
+            ("ok" if r.equal else "DIFFERS") + (f" ({r.note})" if r.note else ""),
+        ]
+        for r in rows
+    ]
+    return format_table(["metric", "original", "replay", "difference", ""], body)

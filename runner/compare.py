@@ -1,0 +1,624 @@
+"""``python -m runner.compare``: compare the runs of an experiment or a sweep.
+
+One command answers "which configuration won, by how much, and what mattered": a terminal
+table of the selected runs (only the params that vary), a CSV of everything, a self-contained
+HTML report with plots (:mod:`runner.report`), and best-run tagging (:mod:`runner.best`).
+
+The selection is fetched with MLflow's paged search (``MlflowClient.search_runs`` with page
+tokens): params, metrics and tags of every run come with the pages, never one request per
+run. Only the HTML report's learning curves read metric histories, for the top few runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import math
+import os
+import re
+import sys
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from runner.errors import RunnerError
+
+if TYPE_CHECKING:
+    from mlflow.entities import Run
+    from mlflow.tracking import MlflowClient
+
+__all__ = [
+    "CSV_FIXED_COLUMNS",
+    "CompareError",
+    "Sort",
+    "default_metrics",
+    "guess_direction",
+    "iso_time",
+    "main",
+    "objective_of",
+    "order_runs",
+    "resolve_sort",
+    "select_runs",
+    "varying_params",
+    "write_csv",
+]
+
+#: Runs per search page; the same page size as ``mlflow.search_runs`` (the SQL stores and
+#: the server accept up to 50,000).
+PAGE_SIZE = 10_000
+
+#: The CSV's leading columns; ``params.<key>`` (sorted) and ``metrics.<key>`` (sorted) follow.
+CSV_FIXED_COLUMNS = (
+    "rank",
+    "run_id",
+    "run_name",
+    "status",
+    "experiment_id",
+    "parent_run_id",
+    "start_time",
+    "end_time",
+    "duration_s",
+    "best",
+)
+
+#: Metric name parts for which smaller is better (when the runs do not say otherwise).
+_MINIMIZE = re.compile(r"(loss|rmse|mse|mae|error|err\b|_time_s$|time|duration|latency)")
+
+_SWEEP_TAG = "mlflow.parentRunId"
+
+#: Terminal table rows by default: rendering 5,000 rows with rich takes longer than fetching
+#: them (benchmarks/bench_compare.py --all-rows); --csv and --html carry every run.
+DEFAULT_LIMIT = 50
+
+
+class CompareError(RunnerError):
+    """A bad selection, sort key or output path given to ``runner.compare``."""
+
+
+@dataclass(frozen=True)
+class Sort:
+    """How the selection is ranked: ``metrics.<name>`` or ``params.<name>``, and which way."""
+
+    kind: str  # "metrics" | "params"
+    key: str
+    direction: str  # "maximize" | "minimize"
+
+    @property
+    def label(self) -> str:
+        """The user-facing ``metrics.x`` spelling."""
+        return f"{self.kind}.{self.key}"
+
+
+# -- selection ----------------------------------------------------------------------------
+
+
+def default_tracking_uri() -> str:
+    """``MLFLOW_TRACKING_URI``, else ``sqlite:///<cwd>/mlflow.db`` (the runner's default)."""
+    from runner.tracking.store import resolve_uri
+
+    return resolve_uri(os.environ.get("MLFLOW_TRACKING_URI") or None, Path.cwd())
+
+
+def _check_store(uri: str) -> None:
+    # A missing SQLite file would silently become a new, empty store.
+    if uri.startswith("sqlite:///"):
+        path = Path(uri[len("sqlite:///") :])
+        if str(path) != ":memory:" and not path.is_file():
+            raise CompareError(
+                f"there is no tracking store at {uri} (no such file). Run the command where "
+                "your mlflow.db is, or pass --tracking-uri / set MLFLOW_TRACKING_URI."
+            )
+
+
+def _mlflow_message(e: Exception) -> str:
+    return str(getattr(e, "message", None) or e).strip()
+
+
+def _experiment_ids(client: MlflowClient, experiment: str | None) -> list[str]:
+    if experiment is None:
+        return [e.experiment_id for e in client.search_experiments()]
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None and experiment.isdigit():
+        from mlflow.exceptions import MlflowException
+
+        try:
+            exp = client.get_experiment(experiment)
+        except MlflowException:
+            exp = None
+    if exp is None or exp.lifecycle_stage == "deleted":
+        names = sorted(e.name for e in client.search_experiments())
+        raise CompareError(
+            f"experiment {experiment!r} does not exist in this tracking store; it has: "
+            f"{', '.join(repr(n) for n in names) or 'no experiments'}. Check the name, or "
+            "the store (--tracking-uri)."
+        )
+    return [str(exp.experiment_id)]
+
+
+def select_runs(
+    client: MlflowClient,
+    *,
+    experiment: str | None = None,
+    sweep: str | None = None,
+    filter_string: str = "",
+    page_size: int = PAGE_SIZE,
+) -> list[Run]:
+    """The selected runs (any status, not deleted), sweep parents left out.
+
+    Args:
+        client: The client of the tracking store.
+        experiment: An experiment name (or id); by default every experiment (or the
+            sweep's).
+        sweep: A sweep's parent run id: its child runs.
+        filter_string: More conditions in MLflow's search syntax.
+        page_size: Runs per search request.
+
+    Raises:
+        CompareError: The experiment or the run does not exist, or the filter is invalid.
+    """
+    from mlflow.entities import ViewType
+    from mlflow.exceptions import MlflowException
+
+    conditions = [filter_string.strip()] if filter_string and filter_string.strip() else []
+    if sweep is not None:
+        if not re.fullmatch(r"[0-9a-zA-Z_-]+", sweep):
+            raise CompareError(f"{sweep!r} is not a run id (32 hex digits); pass a run id.")
+        try:
+            parent = client.get_run(sweep)
+        except MlflowException as e:
+            raise CompareError(
+                f"run {sweep!r} does not exist in this tracking store ({_mlflow_message(e)}). "
+                "Pass the sweep's parent run id (its run name starts with 'sweep'), or check "
+                "the store (--tracking-uri)."
+            ) from None
+        conditions.insert(0, f"tags.`{_SWEEP_TAG}` = '{sweep}'")
+        ids = (
+            _experiment_ids(client, experiment)
+            if experiment is not None
+            else [parent.info.experiment_id]
+        )
+    else:
+        ids = _experiment_ids(client, experiment)
+    if not ids:
+        return []
+    runs: list[Run] = []
+    token: str | None = None
+    while True:
+        try:
+            page = client.search_runs(
+                ids,
+                filter_string=" and ".join(conditions),
+                run_view_type=ViewType.ACTIVE_ONLY,
+                max_results=page_size,
+                page_token=token,
+            )
+        except MlflowException as e:
+            raise CompareError(
+                f"MLflow rejected the filter {filter_string!r}: {_mlflow_message(e)}. "
+                "The syntax is MLflow's search syntax, e.g. \"params.model = 'xgb' and "
+                'metrics.val_accuracy > 0.9" (https://mlflow.org/docs/latest/search-runs.html).'
+            ) from None
+        runs.extend(page)
+        token = page.token
+        if not token:
+            break
+    # Sweep parents carry no params or metrics of their own: they would be empty rows.
+    return [r for r in runs if r.data.tags.get("runner.kind") != "sweep"]
+
+
+# -- columns and ranking ------------------------------------------------------------------
+
+
+def varying_params(runs: Sequence[Run]) -> list[str]:
+    """Param keys with at least two different values among the runs that have them.
+
+    A key only some runs have (``model.C`` in an experiment of logreg and xgb runs) is not
+    varying by itself: the group choice (``model``) already tells those runs apart.
+    """
+    values: dict[str, set[str]] = {}
+    for r in runs:
+        for k, v in r.data.params.items():
+            values.setdefault(k, set()).add(v)
+    out = [k for k, vs in values.items() if len(vs) > 1]
+    # `model._target_` follows the `model` choice: a column that repeats it is noise.
+    return sorted(k for k in out if not (k.endswith("._target_") and k[: -len("._target_")] in out))
+
+
+def objective_of(runs: Sequence[Run]) -> tuple[str | None, str | None]:
+    """The most common ``objective`` param of the runs, and its ``direction`` param."""
+    objectives = Counter(r.data.params["objective"] for r in runs if "objective" in r.data.params)
+    if not objectives:
+        return None, None
+    objective = objectives.most_common(1)[0][0]
+    directions = Counter(
+        r.data.params.get("direction")
+        for r in runs
+        if r.data.params.get("objective") == objective
+        and r.data.params.get("direction") in ("maximize", "minimize")
+    )
+    direction = directions.most_common(1)[0][0] if directions else guess_direction(objective)
+    return objective, direction
+
+
+def guess_direction(metric: str) -> str:
+    """``minimize`` for losses, errors and times (``*_time_s``), else ``maximize``."""
+    return "minimize" if _MINIMIZE.search(metric.lower()) else "maximize"
+
+
+def _parse_sort_key(text: str) -> tuple[str, str]:
+    for prefix, kind in (("metrics.", "metrics"), ("metric.", "metrics"), ("params.", "params")):
+        if text.startswith(prefix):
+            return kind, text[len(prefix) :]
+    return "metrics", text
+
+
+def resolve_sort(
+    runs: Sequence[Run], sort: str | None, *, ascending: bool | None = None
+) -> Sort | None:
+    """The ranking: ``sort`` (default: the runs' objective) and its direction.
+
+    The direction is ``--asc``/``--desc`` when given; else the runs' ``direction`` param when
+    sorting by their objective; else :func:`guess_direction` (params sort ascending).
+
+    Raises:
+        CompareError: No selected run has the sort key (the message lists what they have).
+    """
+    objective, objective_dir = objective_of(runs)
+    if sort is None:
+        if objective is None:
+            return None
+        kind, key = "metrics", objective
+    else:
+        kind, key = _parse_sort_key(sort.strip())
+    if runs and not any(key in getattr(r.data, kind) for r in runs):
+        if sort is None:
+            return None  # e.g. every run failed before logging its objective
+        have = sorted({k for r in runs for k in getattr(r.data, kind)})
+        raise CompareError(
+            f"no selected run has the {kind[:-1]} {key!r} to sort by; the {kind} they have: "
+            f"{', '.join(have) or 'none'}. Pass one of those to --sort (e.g. "
+            f"--sort {kind}.{have[0] if have else 'val_accuracy'})."
+        )
+    if ascending is not None:
+        direction = "minimize" if ascending else "maximize"
+    elif kind == "params":
+        direction = "minimize"
+    elif key == objective and objective_dir:
+        direction = objective_dir
+    else:
+        direction = guess_direction(key)
+    return Sort(kind, key, direction)
+
+
+def finite_float(value: Any) -> float | None:
+    """``value`` as a finite float, or None."""
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        return None
+    return x if math.isfinite(x) else None
+
+
+def order_runs(runs: Sequence[Run], sort: Sort | None) -> list[Run]:
+    """The runs best first by ``sort``; runs without the key (or NaN) last, newest first.
+
+    Without a sort, newest first. Ties keep the older run first, so the order is stable.
+    """
+    by_time = sorted(runs, key=lambda r: (r.info.start_time or 0, r.info.run_id))
+    if sort is None:
+        return by_time[::-1]
+    sign = -1.0 if sort.direction == "maximize" else 1.0
+    have: list[tuple[Any, Run]] = []
+    missing: list[Run] = []
+    for r in by_time:
+        raw = getattr(r.data, sort.kind).get(sort.key)
+        x = finite_float(raw)
+        if x is not None:
+            have.append(((0, sign * x, ""), r))
+        elif raw is not None and sort.kind == "params":
+            text = str(raw)
+            have.append(((1, 0.0, text), r))
+        else:
+            missing.append(r)
+    if sort.kind == "params" and sort.direction == "maximize":
+        have.sort(key=lambda t: (t[0][0], t[0][1], t[0][2]), reverse=True)
+    else:
+        have.sort(key=lambda t: t[0])
+    return [r for _, r in have] + missing[::-1]
+
+
+def default_metrics(runs: Sequence[Run], objective: str | None, sort: Sort | None) -> list[str]:
+    """The metrics shown by default: the sort metric, the objective, 3 other ``val_*``, fit time."""
+    have = {k for r in runs for k in r.data.metrics}
+    out: list[str] = []
+    for m in (
+        sort.key if sort and sort.kind == "metrics" else None,
+        objective,
+    ):
+        if m and m in have and m not in out:
+            out.append(m)
+    others = sorted(k for k in have if k.startswith("val_") and k not in out)
+    out.extend(others[:3])
+    if "fit_time_s" in have:
+        out.append("fit_time_s")
+    if not out:
+        out = sorted(have)[:5]
+    return out
+
+
+def fmt_value(x: float | None) -> str:
+    """A metric for humans: 4 significant digits, '-' when missing."""
+    if x is None:
+        return "-"
+    if isinstance(x, float) and (math.isnan(x) or math.isinf(x)):
+        return str(x)
+    return f"{x:.4g}"
+
+
+def iso_time(ms: int | None) -> str:
+    """Milliseconds since the epoch as an ISO 8601 UTC time ('' when unset)."""
+    if not ms:
+        return ""
+    return datetime.fromtimestamp(ms / 1000, tz=UTC).isoformat(timespec="seconds")
+
+
+# -- outputs ------------------------------------------------------------------------------
+
+
+def render_table(
+    runs: Sequence[Run],
+    *,
+    params: Sequence[str],
+    metrics: Sequence[str],
+    title: str,
+    file: Any = None,
+) -> None:
+    """Print the ranked table with rich (the run name, status, varying params, metrics)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    out = file or sys.stdout
+    # Not a terminal (a pipe, a file, a test): no width limit, so no value gets cut.
+    tty = hasattr(out, "isatty") and out.isatty()
+    console = Console(file=out, width=None if tty else 100_000, highlight=False)
+    table = Table()
+    table.add_column("#", justify="right")
+    table.add_column("run")
+    table.add_column("run_id")
+    table.add_column("status")
+    for p in params:
+        table.add_column(p, overflow="fold")
+    for m in metrics:
+        table.add_column(m, justify="right")
+    status_style = {"FINISHED": "", "FAILED": "red", "KILLED": "yellow", "RUNNING": "cyan"}
+    for i, r in enumerate(runs, 1):
+        status = r.info.status
+        style = status_style.get(status, "")
+        table.add_row(
+            str(i),
+            r.info.run_name or "",
+            r.info.run_id[:8],
+            f"[{style}]{status}[/]" if style else status,
+            *(r.data.params.get(p, "-") for p in params),
+            *(fmt_value(r.data.metrics.get(m)) for m in metrics),
+        )
+    # The title on its own line: as the table's title it would wrap to the table's width.
+    console.print(title, markup=False)
+    console.print(table)
+
+
+def write_csv(path: Path, runs: Sequence[Run]) -> list[str]:
+    """Write every run, every param and metric, one row a run, in ``runs``' order.
+
+    Columns: :data:`CSV_FIXED_COLUMNS`, then ``params.<key>`` sorted by key, then
+    ``metrics.<key>`` sorted by key (each metric's latest value, full precision). A run
+    without a param or metric has an empty cell.
+
+    Returns:
+        The header.
+    """
+    params = sorted({k for r in runs for k in r.data.params})
+    metrics = sorted({k for r in runs for k in r.data.metrics})
+    header = [*CSV_FIXED_COLUMNS, *(f"params.{k}" for k in params)]
+    header += [f"metrics.{k}" for k in metrics]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(header)
+        for i, r in enumerate(runs, 1):
+            info = r.info
+            end, start = info.end_time, info.start_time
+            dur = f"{(end - start) / 1000:.3f}" if end and start else ""
+            row = [
+                i,
+                info.run_id,
+                info.run_name or "",
+                info.status,
+                info.experiment_id,
+                r.data.tags.get(_SWEEP_TAG, ""),
+                iso_time(start),
+                iso_time(end),
+                dur,
+                r.data.tags.get("runner.best", ""),
+            ]
+            row += [r.data.params.get(k, "") for k in params]
+            row += [repr(r.data.metrics[k]) if k in r.data.metrics else "" for k in metrics]
+            w.writerow(row)
+    return header
+
+
+# -- the command --------------------------------------------------------------------------
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m runner.compare",
+        description=(
+            "Compare MLflow runs of an experiment or a sweep: a ranked table of the params "
+            "that vary and the chosen metrics; optionally a CSV, a self-contained HTML report "
+            "and best-run tagging (tags.runner.best = 'true')."
+        ),
+    )
+    scope = p.add_argument_group("selection")
+    scope.add_argument("--experiment", metavar="NAME", help="an experiment name (or id)")
+    scope.add_argument("--sweep", metavar="PARENT_RUN_ID", help="a sweep's parent run id")
+    scope.add_argument(
+        "--filter",
+        default="",
+        metavar="EXPR",
+        help="MLflow search syntax, e.g. \"params.model = 'xgb'\"",
+    )
+    rank = p.add_argument_group("ranking and columns")
+    rank.add_argument(
+        "--sort",
+        metavar="metrics.X",
+        help="metrics.<name> or params.<name> (default: the runs' objective)",
+    )
+    order = rank.add_mutually_exclusive_group()
+    order.add_argument("--desc", action="store_true", help="largest first")
+    order.add_argument("--asc", action="store_true", help="smallest first")
+    rank.add_argument(
+        "--top", type=int, metavar="N", help="keep the N best runs (table, report, --tag-best)"
+    )
+    rank.add_argument(
+        "--limit",
+        type=int,
+        default=DEFAULT_LIMIT,
+        metavar="N",
+        help=f"terminal table rows at most (default {DEFAULT_LIMIT}; 0: all)",
+    )
+    rank.add_argument(
+        "--metrics",
+        metavar="A,B",
+        help="metrics to show (default: the objective, 3 other val_* metrics, fit_time_s)",
+    )
+    outs = p.add_argument_group("outputs")
+    outs.add_argument("--csv", type=Path, metavar="FILE", help="write every run to a CSV")
+    outs.add_argument("--html", type=Path, metavar="FILE", help="write an HTML report")
+    outs.add_argument(
+        "--tag-best",
+        action="store_true",
+        help="tag the best run (--top K: runs) runner.best=true; untag the others",
+    )
+    outs.add_argument("--fail-empty", action="store_true", help="exit 1 when no run is selected")
+    p.add_argument(
+        "--tracking-uri",
+        metavar="URI",
+        help="default: MLFLOW_TRACKING_URI, else sqlite:///<cwd>/mlflow.db",
+    )
+    return p
+
+
+def _describe(args: argparse.Namespace) -> str:
+    parts = []
+    if args.experiment:
+        parts.append(f"experiment {args.experiment!r}")
+    if args.sweep:
+        parts.append(f"sweep {args.sweep}")
+    if args.filter:
+        parts.append(f"filter {args.filter!r}")
+    return ", ".join(parts) or "all experiments"
+
+
+def _run(args: argparse.Namespace) -> int:
+    from mlflow.tracking import MlflowClient
+
+    from runner.best import tag_best
+    from runner.tracking.store import public_uri, resolve_uri
+
+    if args.top is not None and args.top < 1:
+        raise CompareError(f"--top is {args.top}; it must be at least 1.")
+    if args.limit < 0:
+        raise CompareError(f"--limit is {args.limit}; it must be 0 (all rows) or more.")
+    uri = resolve_uri(args.tracking_uri, Path.cwd()) if args.tracking_uri else None
+    uri = uri or default_tracking_uri()
+    _check_store(uri)
+    client = MlflowClient(tracking_uri=uri)
+    runs = select_runs(
+        client, experiment=args.experiment, sweep=args.sweep, filter_string=args.filter
+    )
+    what = _describe(args)
+    ascending = True if args.asc else (False if args.desc else None)
+    sort = resolve_sort(runs, args.sort, ascending=ascending)
+    ordered = order_runs(runs, sort)
+    objective, _ = objective_of(runs)
+    if args.metrics:
+        metrics = [m.strip().removeprefix("metrics.") for m in args.metrics.split(",")]
+        metrics = [m for m in metrics if m]
+    else:
+        metrics = default_metrics(runs, objective, sort)
+    params = varying_params(runs)
+    kept = ordered[: args.top] if args.top else ordered
+    shown = kept[: args.limit] if args.limit > 0 else kept
+    by = f", by {sort.label} ({sort.direction})" if sort else ""
+    title = f"{len(shown)} of {len(runs)} runs, {what}{by}"
+    render_table(shown, params=params, metrics=metrics, title=title)
+    if len(shown) < len(kept):
+        print(
+            f"... and {len(kept) - len(shown)} more (--limit 0 shows all; --csv writes all)",
+        )
+    if not runs:
+        print(
+            f"no runs selected ({what}, store {public_uri(uri)}).",
+            file=sys.stderr,
+        )
+    if args.csv:
+        write_csv(args.csv, ordered)
+        print(f"wrote {len(ordered)} runs to {args.csv}", file=sys.stderr)
+    if args.tag_best and runs:
+        if sort is None or sort.kind != "metrics":
+            raise CompareError(
+                "--tag-best needs a metric to rank by: the runs have no objective metric; "
+                "pass --sort metrics.<name>."
+            )
+        res = tag_best(
+            client, ordered, metric=sort.key, direction=sort.direction, top=args.top or 1
+        )
+        names = {r.info.run_id: r.info.run_name for r in runs}
+        print(
+            f"runner.best=true on {', '.join(f'{names[i]} ({i[:8]})' for i in res.best)}"
+            f"; tagged {len(res.tagged)}, untagged {len(res.untagged)}",
+            file=sys.stderr,
+        )
+        for r in runs:  # the report shows the tags as they are now
+            if r.info.run_id in res.best:
+                r.data.tags["runner.best"] = "true"
+            else:
+                r.data.tags.pop("runner.best", None)
+    if args.html:
+        from runner.report import write_html
+
+        write_html(
+            args.html,
+            client=client,
+            runs=ordered,
+            params=params,
+            metrics=metrics,
+            sort=sort,
+            top=args.top,
+            title=f"Runs of {what}",
+        )
+        print(f"wrote the report to {args.html}", file=sys.stderr)
+    if not runs and args.fail_empty:
+        return 1
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``python -m runner.compare``; returns the exit code."""
+    args = _parser().parse_args(argv)
+    try:
+        return _run(args)
+    except RunnerError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        print(f"error: cannot write {e.filename}: {e.strerror}.", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,341 @@
+"""``python -m runner.replay <run_id>``: re-run a logged run exactly, optionally with changes.
+
+The job's config is rebuilt from the run's own artifacts (``.hydra/config.yaml`` and the
+group choices of ``.hydra/hydra.yaml``), never from today's ``conf/``, and runs through the
+entry point of ``python -m runner`` (its Hydra app, the MLflow callback, ``runner.app.run``),
+so the new run gets the same params. It is tagged ``runner.replay_of=<source id>`` and its
+description links the source run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import signal
+import sys
+import tempfile
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from runner.errors import DataError, RunnerError
+
+if TYPE_CHECKING:
+    from mlflow.entities import Run
+    from mlflow.tracking import MlflowClient
+
+    from runner._rebuild import ComposedJob
+
+__all__ = ["main"]
+
+EXIT_OK, EXIT_CHECK_FAILED, EXIT_USAGE = 0, 1, 2
+
+#: The backend of a replay: the store given by --tracking-uri (through the environment, so
+#: the logged config keeps its `${oc.env:...}` reference and no URI lands in a file).
+_BACKEND_URI = "${oc.env:MLFLOW_TRACKING_URI,null}"
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m runner.replay",
+        description=(
+            "Re-run a logged run with the exact config it logged (not today's conf/), as a "
+            "new run tagged runner.replay_of=<run_id>. Extra Hydra overrides change it."
+        ),
+        epilog=(
+            "exit status: 0 ok, 1 the replayed job failed or --check found a difference, "
+            "2 bad input (unknown run, not a runner run, refused target, config that no "
+            "longer composes)."
+        ),
+    )
+    p.add_argument("run_id", help="the run to replay (a job run, or a sweep's child run)")
+    p.add_argument(
+        "overrides", nargs="*", help="Hydra overrides applied on top (e.g. model.max_depth=3)"
+    )
+    p.add_argument(
+        "--check",
+        action="store_true",
+        help="compare every metric with the source run (*_time_s aside); exit 1 on a difference",
+    )
+    p.add_argument(
+        "--rtol",
+        type=float,
+        default=0.0,
+        help="relative tolerance of --check (default 0: bitwise equal)",
+    )
+    p.add_argument(
+        "--trust",
+        action="store_true",
+        help="instantiate any _target_ of the logged config (skip the allow-list)",
+    )
+    p.add_argument(
+        "--allow-target",
+        action="append",
+        default=[],
+        metavar="PREFIX",
+        help="also allow _target_ values under PREFIX (repeatable; e.g. mypkg.)",
+    )
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="rebuild, check and print the config, run nothing",
+    )
+    p.add_argument(
+        "--tracking-uri",
+        default=None,
+        help="the store holding the run, where the replay logs too "
+        "(default: MLFLOW_TRACKING_URI, else sqlite:///<cwd>/mlflow.db)",
+    )
+    return p
+
+
+def _warn(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr)
+
+
+@contextlib.contextmanager
+def _env(name: str, value: str) -> Iterator[None]:
+    old = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = old
+
+
+def _note(run: Run, overrides: Sequence[str]) -> str:
+    src = run.info.run_id
+    link = f"#/experiments/{run.info.experiment_id}/runs/{src}"
+    changes = " ".join(f"`{o}`" for o in overrides) if overrides else "none"
+    return (
+        f"Replay of run [{run.info.run_name or src}]({link}) (`{src}`), rebuilt from its "
+        f"logged config by `python -m runner.replay`.\n\nNew overrides: {changes}."
+    )
+
+
+def _job_config(job: dict[str, Any]) -> dict[str, Any]:
+    job = dict(job)
+    backend = dict(job.get("backend") or {"name": "local"})
+    backend.update(enabled=True, uri=_BACKEND_URI)
+    job["backend"] = backend
+    return job
+
+
+def _dataset_digest(composed: ComposedJob, run_id: str) -> str:
+    from hydra.errors import InstantiationException
+    from hydra.utils import instantiate
+
+    try:
+        data = instantiate(composed.config.dataset, _convert_="all")
+    except InstantiationException as e:
+        cause = e.__cause__
+        if isinstance(cause, RunnerError):
+            raise cause from None
+        raise DataError(
+            f"the dataset of run {run_id} cannot be loaded here: {cause or e}. Check the "
+            "dataset.* values (python -m runner.replay --dry-run shows them)."
+        ) from None
+    return str(data.digest)
+
+
+def _param_changes(composed: ComposedJob, run: Run) -> dict[str, tuple[str | None, str | None]]:
+    from runner.tracking.params import config_params
+
+    new = config_params(composed.config, composed.choices)
+    old = run.data.params
+    return {
+        k: (old.get(k), new.get(k)) for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)
+    }
+
+
+def _run_job(config_dir: Path, overrides: Sequence[str]) -> int:
+    """Run the rebuilt config through ``python -m runner``'s own entry point."""
+    from hydra.core.global_hydra import GlobalHydra
+
+    from runner import __main__ as entry
+
+    argv, handler = sys.argv, signal.getsignal(signal.SIGTERM)
+    sys.argv = ["runner", "--config-path", str(config_dir), "--config-name", "config"]
+    sys.argv += list(overrides)
+    GlobalHydra.instance().clear()
+    try:
+        entry.main()
+        return 0
+    except SystemExit as e:
+        return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    finally:
+        sys.argv = argv
+        signal.signal(signal.SIGTERM, handler)
+        GlobalHydra.instance().clear()
+
+
+def _check(
+    client: MlflowClient,
+    source: str,
+    replay: str,
+    *,
+    rtol: float,
+    expected_param_changes: set[str],
+) -> bool:
+    from runner._replay_checks import compare_metrics, format_table, metric_table
+
+    rows = compare_metrics(client, source, replay, rtol=rtol)
+    print(metric_table(rows))
+    bad = [r for r in rows if not r.equal]
+    old = client.get_run(source).data.params
+    new = client.get_run(replay).data.params
+    params = [
+        (k, old.get(k), new.get(k))
+        for k in sorted(set(old) | set(new))
+        if old.get(k) != new.get(k) and k not in expected_param_changes
+    ]
+    if params:
+        print("\nparams that differ although no override changed them:")
+        print(
+            format_table(
+                ["param", "original", "replay"], [[k, str(a), str(b)] for k, a, b in params]
+            )
+        )
+    tol = "exactly" if rtol == 0 else f"within rtol={rtol:g}"
+    if bad or params:
+        print(
+            f"\ncheck FAILED: {len(bad)} of {len(rows)} metrics differ"
+            + (f", {len(params)} params differ" if params else "")
+            + f" (compared {tol}; *_time_s left out)."
+        )
+        return False
+    print(f"\ncheck passed: all {len(rows)} metrics match {tol} (*_time_s left out).")
+    return True
+
+
+def replay(args: argparse.Namespace) -> int:
+    """Replay ``args.run_id`` (see :func:`main` for the arguments)."""
+    from runner._logged import default_tracking_uri, fetch_config, get_run, open_client
+    from runner._rebuild import (
+        allowed_targets,
+        check_targets,
+        choices_from_params,
+        compose,
+        write_config_dir,
+    )
+    from runner._replay_callback import replay_runs
+    from runner._replay_checks import dataset_warnings, provenance_warnings, redacted_keys
+    from runner.config import register
+    from runner.tracking import provenance
+    from runner.tracking.store import public_uri
+
+    if args.rtol < 0:
+        raise RunnerError(f"--rtol is {args.rtol}; it must be 0 or positive (e.g. --rtol 1e-9).")
+    uri = default_tracking_uri(args.tracking_uri)
+    client = open_client(uri)
+    run = get_run(client, args.run_id)
+    source = run.info.run_id
+    if run.data.tags.get("runner.kind") == "sweep":
+        raise RunnerError(
+            f"run {source} is a sweep's parent run, which has no job config of its own; replay "
+            "one of its child runs (in the MLflow UI, expand the parent) instead."
+        )
+    logged = fetch_config(client, run)
+    choices = logged.choices
+    if choices is None:
+        _warn(f"run {source} has no .hydra/hydra.yaml; group choices are taken from its params.")
+        choices = choices_from_params(run.data.params)
+    register()
+    overrides = list(args.overrides)
+    with (
+        _env("MLFLOW_TRACKING_URI", uri),
+        tempfile.TemporaryDirectory(prefix="runner-replay-conf-") as tmp,
+    ):
+        conf = Path(tmp)
+        callback = {
+            "_target_": "runner._replay_callback.ReplayCallback",
+            "source_run_id": source,
+            "source_overrides": logged.overrides or [],
+            "note": _note(run, overrides),
+        }
+        dropped = write_config_dir(
+            conf, _job_config(logged.job), choices, callbacks={"replay": callback}
+        )
+        for key in dropped:
+            _warn(f"the logged config of run {source} has a root `{key}` node; it was ignored.")
+        composed = compose(conf, overrides, run_id=source)
+        if args.trust:
+            _warn("--trust: the config's _target_ values are not checked against the allow-list.")
+        else:
+            check_targets(composed.resolved, allowed_targets(args.allow_target), run_id=source)
+
+        for message in provenance_warnings(run.data.tags, provenance.collect(str(Path.cwd()))):
+            _warn(message)
+        touched = any(o.lstrip("+~").startswith("dataset") for o in overrides)
+        for message in dataset_warnings(
+            run.data.tags, _dataset_digest(composed, source), overridden=touched
+        ):
+            _warn(message)
+        secrets = redacted_keys(logged.job)
+        if secrets:
+            _warn(
+                f"the logged config has redacted secrets at {', '.join(secrets)}; pass them "
+                "as overrides (e.g. from the environment: key='${oc.env:VAR}')."
+            )
+        changes = _param_changes(composed, run)
+        if changes:
+            lines = ", ".join(f"{k}: {a} -> {b}" for k, (a, b) in changes.items())
+            if overrides:
+                print(f"params that differ from run {source}: {lines}", file=sys.stderr)
+            else:
+                _warn(f"params that differ from run {source} with no override: {lines}")
+        print(
+            f"replaying run {source} ({run.info.run_name}) from {public_uri(uri)}"
+            + (f" with {' '.join(overrides)}" if overrides else ""),
+            file=sys.stderr,
+        )
+        if args.dry_run:
+            import yaml
+
+            from runner.tracking.redact import redact_tree
+
+            print(yaml.safe_dump(redact_tree(composed.resolved), sort_keys=False), end="")
+            print("dry run: nothing was started.", file=sys.stderr)
+            return EXIT_OK
+        started = len(replay_runs)
+        code = _run_job(conf, overrides)
+    if len(replay_runs) == started:
+        print(
+            f"error: the replay of run {source} did not start a run (exit status {code}); "
+            "the messages above say why.",
+            file=sys.stderr,
+        )
+        return EXIT_CHECK_FAILED
+    new = replay_runs[-1]
+    status = client.get_run(new).info.status
+    print(f"replay run {new} of {source}: {status}", file=sys.stderr)
+    if code != 0 or status != "FINISHED":
+        print(
+            f"error: the replayed job failed (run {new} is {status}); its runner.error tag "
+            "and the messages above say why.",
+            file=sys.stderr,
+        )
+        return EXIT_CHECK_FAILED
+    if args.check:
+        ok = _check(client, source, new, rtol=args.rtol, expected_param_changes=set(changes))
+        return EXIT_OK if ok else EXIT_CHECK_FAILED
+    return EXIT_OK
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``python -m runner.replay``; returns the exit status."""
+    # Intermixed: options may come after the overrides (`<id> model.max_depth=3 --check`).
+    args = _parser().parse_intermixed_args(argv)
+    try:
+        return replay(args)
+    except RunnerError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
