@@ -4,7 +4,8 @@
    sweep=logreg_iris`` (nested MLflow runs, Optuna RDB storage) against a plain script
    that runs the same Optuna study (same sampler, seed, space, storage kind) with the same
    fits and the same MLflow nested-run logging (params, metrics, tags, model, importances,
-   parent summary). Target: tracked / plain <= 1.15.
+   feature-importance file and figure, parent summary and plots). Target: tracked / plain
+   <= 1.15.
 2. Parallel trials: ``hydra.sweeper.n_jobs=2`` against ``n_jobs=1`` for CPU-bound trials of
    uneven length (random forests of 50-400 trees on digits, random sampler, same seed so
    both sides run the same trials). Target: throughput ratio >= 1.7. Throughput is shown
@@ -43,7 +44,9 @@ PLAIN = textwrap.dedent(
     mlflow.set_tracking_uri(uri)
     client = MlflowClient(uri)
     exp = client.create_experiment("iris")
-    X, y = load_iris(return_X_y=True)
+    from runner import figures
+    iris = load_iris()
+    X, y, feature_names = iris.data, iris.target, list(iris.feature_names)
     Xtr, Xva, ytr, yva = train_test_split(X, y, test_size=0.25, random_state=0, stratify=y)
     study = optuna.create_study(
         study_name="plain", storage=storage, direction="maximize",
@@ -79,7 +82,11 @@ PLAIN = textwrap.dedent(
             m[f"{split}_roc_auc"] = roc_auc_score(ys, pp, multi_class="ovr")
         ts = int(time.time() * 1000)
         client.log_batch(run, metrics=[Metric(k, float(v), ts, 0) for k, v in m.items()])
-        client.log_dict(run, {"coef": model.coef_.tolist()}, "feature_importances.json")
+        # The same importances file and figure the runner logs (runner.figures).
+        values = figures.importances(model, feature_names)
+        client.log_dict(run, values, "feature_importances.json")
+        fig = figures.importance_figure(values)
+        client.log_figure(run, fig, "figures/feature_importances.png")
         mlflow.sklearn.log_model(model, name="model", input_example=Xva[:5],
             serialization_format="cloudpickle",
             pip_requirements=mlflow.sklearn.get_default_pip_requirements())
