@@ -581,6 +581,9 @@ class OptunaSweep:
     def _show(self, study: Any, progress: Progress, event: str | None = None) -> None:
         from optuna.trial import TrialState
 
+        if event is None and progress.mode != "rich":
+            return  # only the live line shows a trial's start; log lines show its end
+
         trials = st.counted(study.get_trials(deepcopy=False))
         n = {s: sum(t.state == s for t in trials) for s in TrialState}
         best = "-"
