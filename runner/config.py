@@ -43,6 +43,9 @@ class TrackingConfig:
     log_figures: bool = True
     log_importances: bool = True
     flush_every_s: float = 10.0
+    #: What a job does when its tracking server does not answer: ``fail`` (within seconds,
+    #: naming the URI) or ``buffer`` (log to a local store; ``python -m runner.sync`` replays).
+    on_unavailable: str = "fail"
 
 
 @dataclass

@@ -19,13 +19,14 @@ from omegaconf import DictConfig, OmegaConf
 
 from runner import trial as trial_mod
 from runner.config import register
-from runner.errors import RunnerError, TrackingError
+from runner.errors import ConfigError, RunnerError, TrackingError
 from runner.tracking import provenance
 from runner.tracking._state import Sweep, state
+from runner.tracking.backends import backend_of
 from runner.tracking.job import JobRun, NullRun
 from runner.tracking.params import config_params, public_config
 from runner.tracking.redact import redact_file, redact_override
-from runner.tracking.store import Store, check_reachable, public_uri, resolve_uri
+from runner.tracking.store import Store, check_reachable, ensure_store, public_uri, resolve_uri
 from runner.tracking.sweep import SELF_MANAGED_SWEEPERS, SweepParents
 
 __all__ = ["MLflowCallback", "close_job_run", "close_open_runs"]
@@ -34,13 +35,46 @@ log = logging.getLogger(__name__)
 
 _stores: dict[str, Store] = {}
 
+#: Where runs go while the tracking server is down (``tracking.on_unavailable=buffer``).
+BUFFER_DIR = ".runner_buffer"
+ON_UNAVAILABLE = ("fail", "buffer")
 
-def _store(uri: str) -> Store:
-    # One client per store and process; the reachability check runs once per store.
-    if uri not in _stores:
+
+def _store(uri: str, config: DictConfig | None = None) -> Store:
+    # One client per store and process; the reachability check and the schema creation run
+    # once per store and process, before the first run is created.
+    if uri in _stores:
+        return _stores[uri]
+    try:
         check_reachable(uri)
-        _stores[uri] = Store(uri)
+        ensure_store(uri)
+    except TrackingError as e:
+        if config is None or _on_unavailable(config) != "buffer":
+            raise
+        buffer = resolve_uri(f"sqlite:///{BUFFER_DIR}/mlflow.db", Path(_launch_dir(config)))
+        Path(buffer[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
+        log.warning(
+            "%s Buffering runs in %s instead (tracking.on_unavailable=buffer); replay them "
+            "with `python -m runner.sync` once the server is back.",
+            e,
+            buffer,
+        )
+        store = _store(buffer)
+        store.buffered_for = uri
+        _stores[uri] = store
+        return store
+    root = OmegaConf.select(config, "backend.artifact_root", default=None) if config else None
+    _stores[uri] = Store(uri, artifact_root=str(root) if root else None)
     return _stores[uri]
+
+
+def _on_unavailable(config: DictConfig) -> str:
+    value = str(OmegaConf.select(config, "tracking.on_unavailable", default="fail"))
+    if value not in ON_UNAVAILABLE:
+        raise ConfigError(
+            f"tracking.on_unavailable is {value!r}; it must be one of {', '.join(ON_UNAVAILABLE)}."
+        )
+    return value
 
 
 def _enabled(config: DictConfig) -> bool:
@@ -48,19 +82,21 @@ def _enabled(config: DictConfig) -> bool:
 
 
 def _uri(config: DictConfig) -> str:
-    launch = OmegaConf.select(config, "hydra.runtime.cwd", default=None) or Path.cwd()
-    return resolve_uri(OmegaConf.select(config, "backend.uri", default=None), Path(launch))
+    return backend_of(config, Path(_launch_dir(config))).uri
 
 
 def _launch_dir(config: DictConfig) -> str:
     return str(OmegaConf.select(config, "hydra.runtime.cwd", default=None) or Path.cwd())
 
 
-def _common_tags(config: DictConfig, uri: str) -> dict[str, str]:
+def _common_tags(config: DictConfig, store: Store) -> dict[str, str]:
     prov = provenance.collect(_launch_dir(config))
     tags = prov.tags()
     tags["runner.backend"] = str(OmegaConf.select(config, "backend.name", default="local"))
-    tags["runner.tracking_uri"] = public_uri(uri)
+    tags["runner.tracking_uri"] = public_uri(store.buffered_for or store.uri)
+    if store.buffered_for:
+        # `python -m runner.sync` replays the run there and removes this tag.
+        tags["runner.buffered_for"] = public_uri(store.buffered_for)
     tags["mlflow.source.name"] = "runner"
     return tags
 
@@ -79,7 +115,7 @@ def _create_parent(
 ) -> str:
     # Parents made by a job (a sweep over datasets) name the sweep's overrides, not the job's.
     overrides = recorded if recorded is not None else _overrides(config)
-    tags = _common_tags(config, store.uri)
+    tags = _common_tags(config, store)
     tags.update(
         {
             "runner.kind": "sweep",
@@ -126,8 +162,7 @@ def _job_artifacts(config: DictConfig, prov: provenance.Provenance) -> dict[str,
 
 
 def _start_job(config: DictConfig) -> JobRun:
-    uri = _uri(config)
-    store = _store(uri)
+    store = _store(_uri(config), config)
     experiment = str(config.experiment_name)
     exp_id = store.experiment_id(experiment)
     hc = config.hydra
@@ -136,12 +171,12 @@ def _start_job(config: DictConfig) -> JobRun:
     if multirun:
         sweep_dir = _sweep_dir(config)
         parent = SweepParents(sweep_dir).get_or_create(
-            uri, exp_id, lambda rec: _create_parent(store, exp_id, config, sweep_dir, rec)
+            store.uri, exp_id, lambda rec: _create_parent(store, exp_id, config, sweep_dir, rec)
         )
     choices: Mapping[str, Any] = OmegaConf.to_container(hc.runtime.choices)  # type: ignore[assignment]
     params = config_params(config, choices)
     prov = provenance.collect(_launch_dir(config))
-    tags = _common_tags(config, uri)
+    tags = _common_tags(config, store)
     overrides = _overrides(config)
     tags.update(
         {
@@ -192,9 +227,10 @@ class MLflowCallback(Callback):
         if not _enabled(config):
             return
         try:
-            uri = _uri(config)
-            store = _store(uri)
-            # Creates or upgrades the store once, before parallel jobs could race on it.
+            # Creates or upgrades the store once (under a lock: another sweep process may be
+            # doing the same), before this sweep's parallel jobs could race on it.
+            store = _store(_uri(config), config)
+            uri = store.uri
             experiment = str(config.experiment_name)
             exp_id = store.experiment_id(experiment)
             sweep_dir = _sweep_dir(config)

@@ -27,7 +27,14 @@ from runner.tracking.redact import redact_text
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
 
-__all__ = ["Store", "check_reachable", "public_uri", "resolve_uri"]
+__all__ = [
+    "Store",
+    "check_reachable",
+    "ensure_store",
+    "no_telemetry",
+    "public_uri",
+    "resolve_uri",
+]
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +42,17 @@ log = logging.getLogger(__name__)
 MAX_TAG_VALUE = 8000
 _BATCH_PARAMS_TAGS = 100
 _BATCH_METRICS = 1000
+
+
+def no_telemetry() -> None:
+    """Turn MLflow's usage telemetry off (unless the user chose) before mlflow is imported.
+
+    Its background thread, when it cannot reach its endpoint (no network on most compute
+    nodes), unsets ``_MLFLOW_TELEMETRY_SESSION_ID`` while other threads iterate
+    ``os.environ`` to build requests: they then fail with ``KeyError`` (seen here with
+    parallel artifact uploads and parallel sweep workers). Runs are not telemetry anyway.
+    """
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 
 def resolve_uri(uri: str | None, launch_dir: Path) -> str:
@@ -102,6 +120,57 @@ def check_reachable(uri: str, *, timeout: float = 5.0) -> None:
             )
 
 
+#: An arbitrary, fixed key for PostgreSQL's advisory lock around schema creation.
+_PG_SCHEMA_LOCK = 0x6D6C666C  # "mlfl"
+
+
+def ensure_store(uri: str) -> None:
+    """Create or upgrade a database store's schema once, whoever else starts at the same time.
+
+    MLflow creates the tables (and runs its Alembic migrations) on a store's first use; when
+    several processes open a fresh SQLite or PostgreSQL store at once, they race on those
+    migrations and fail. The first process to take the lock does the work; the others then
+    find the schema in place. Other stores (http, ...) are left alone: a server owns its
+    store (``python -m runner.server`` calls this before it starts).
+    """
+    no_telemetry()
+    scheme = urlparse(uri).scheme.split("+")[0]
+    if scheme == "sqlite":
+        import fcntl
+
+        db = Path(uri[len("sqlite:///") :])
+        with Path(f"{db}.lock").open("w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            _open_store(uri)
+    elif scheme == "postgresql":
+        import sqlalchemy
+
+        engine = sqlalchemy.create_engine(uri, poolclass=sqlalchemy.pool.NullPool)
+        try:
+            with engine.connect() as conn:
+                conn.execute(sqlalchemy.text(f"SELECT pg_advisory_lock({_PG_SCHEMA_LOCK})"))
+                try:
+                    _open_store(uri)
+                finally:
+                    conn.execute(sqlalchemy.text(f"SELECT pg_advisory_unlock({_PG_SCHEMA_LOCK})"))
+        except sqlalchemy.exc.OperationalError as e:
+            raise TrackingError(
+                f"the PostgreSQL tracking store {public_uri(uri)} cannot be reached: "
+                f"{str(e.orig).strip().splitlines()[0] if e.orig else e}. Check PGHOST, PGPORT, "
+                "PGUSER, PGDATABASE and PGPASSWORD (conf/backend/postgres_s3.yaml)."
+            ) from None
+        finally:
+            engine.dispose()
+
+
+def _open_store(uri: str) -> None:
+    # MLflow caches one store object per URI in the process; its first creation runs the
+    # schema creation/migrations.
+    from mlflow.tracking._tracking_service.utils import _get_store
+
+    _get_store(uri)
+
+
 @contextlib.contextmanager
 def _signals_deferred() -> Iterator[None]:
     """Hold SIGTERM and SIGINT back (they are delivered on exit) in the main thread."""
@@ -124,11 +193,16 @@ def _chunks(items: list[Any], size: int) -> Iterable[list[Any]]:
 class Store:
     """A tracking store reached through one ``MlflowClient``."""
 
-    def __init__(self, uri: str) -> None:
+    def __init__(self, uri: str, *, artifact_root: str | None = None) -> None:
+        no_telemetry()
         import mlflow
         from mlflow.tracking import MlflowClient
 
         self.uri = uri
+        self.artifact_root = artifact_root.rstrip("/") if artifact_root else None
+        #: The URI these runs were meant for, when they are buffered locally instead.
+        self.buffered_for: str | None = None
+        self._experiments: dict[str, str] = {}
         # Model logging and autolog use the fluent API, which reads the global URI.
         mlflow.set_tracking_uri(uri)
         # The client creates or upgrades a SQL store's schema here; a SIGTERM in the middle
@@ -143,6 +217,13 @@ class Store:
     # -- experiments and runs -------------------------------------------------------------
     def experiment_id(self, name: str) -> str:
         """The id of experiment ``name``, created when missing (safe under concurrency)."""
+        # One lookup per experiment and process: a sweep's jobs share it.
+        if name in self._experiments:
+            return self._experiments[name]
+        self._experiments[name] = self._experiment_id(name)
+        return self._experiments[name]
+
+    def _experiment_id(self, name: str) -> str:
         from mlflow.exceptions import MlflowException
 
         try:
@@ -171,10 +252,13 @@ class Store:
     def _artifacts(self, experiment: str) -> str | None:
         # With a SQLite store and no server MLflow would put artifacts in ./mlruns, which
         # later makes a plain `mlflow` client in that directory fall back to the deprecated
-        # file store; keep them beside the database instead.
+        # file store; keep them beside the database instead. Database stores with an
+        # artifact root (postgres_s3) put each experiment under it, by name.
+        slug = re.sub(r"[^\w.\-]+", "_", experiment).strip("._") or "experiment"
+        if self.artifact_root:
+            return f"{self.artifact_root}/{slug}"
         if not self.uri.startswith("sqlite:///"):
             return None
-        slug = re.sub(r"[^\w.\-]+", "_", experiment).strip("._") or "experiment"
         root = Path(self.uri[len("sqlite:///") :]).parent / "mlartifacts" / slug
         return root.as_uri()
 
@@ -206,23 +290,37 @@ class Store:
         params: Mapping[str, str] | None = None,
         metrics: Iterable[tuple[str, float, int, int]] = (),
         tags: Mapping[str, str] | None = None,
+        model_id: str | None = None,
     ) -> None:
-        """Log params, metrics ``(key, value, step, timestamp_ms)`` and tags in few requests."""
+        """Log params, metrics ``(key, value, step, timestamp_ms)`` and tags in few requests.
+
+        Params and tags (100 a request) share requests with metrics (up to MLflow's 1000
+        entities a request). With ``model_id``, the metrics at step 0 are also linked to that
+        logged model, as MLflow's own ``log_model`` links the metrics a run already has.
+        """
+        from itertools import zip_longest
+
         from mlflow.entities import Metric, Param, RunTag
         from mlflow.exceptions import MlflowException
 
         p = [Param(k, v) for k, v in (params or {}).items()]
         t = [RunTag(k, str(v)[:MAX_TAG_VALUE]) for k, v in (tags or {}).items()]
-        m = [Metric(k, float(v), int(ts), int(step)) for k, v, step, ts in metrics]
+        m = [
+            Metric(k, float(v), int(ts), int(step), model_id=model_id if step == 0 else None)
+            for k, v, step, ts in metrics
+        ]
+        pt: list[Any] = [*p, *t]
         try:
-            for chunk in _chunks(p + t, _BATCH_PARAMS_TAGS):  # type: ignore[operator]
+            for pt_chunk, m_chunk in zip_longest(
+                _chunks(pt, _BATCH_PARAMS_TAGS), _chunks(m, _BATCH_METRICS - _BATCH_PARAMS_TAGS)
+            ):
+                pt_chunk = pt_chunk or []
                 self.client.log_batch(
                     run_id,
-                    params=[x for x in chunk if isinstance(x, Param)],
-                    tags=[x for x in chunk if isinstance(x, RunTag)],
+                    params=[x for x in pt_chunk if isinstance(x, Param)],
+                    tags=[x for x in pt_chunk if isinstance(x, RunTag)],
+                    metrics=m_chunk or [],
                 )
-            for mchunk in _chunks(m, _BATCH_METRICS):
-                self.client.log_batch(run_id, metrics=mchunk)
         except MlflowException as e:
             raise self._fail(f"logging to run {run_id}", e) from e
 
@@ -231,10 +329,18 @@ class Store:
         self.client.set_tag(run_id, key, str(value)[:MAX_TAG_VALUE])
 
     def log_files(self, run_id: str, files: Mapping[str, str | bytes]) -> None:
-        """Log in-memory files (``artifact path -> content``) with one directory upload."""
+        """Log in-memory files (``artifact path -> content``), uploaded side by side.
+
+        Through a tracking server every file is one HTTP request, and MLflow uploads a
+        directory's files one after the other; uploading them in parallel costs about one
+        round trip instead of one per file.
+        """
         if not files:
             return
+        from concurrent.futures import ThreadPoolExecutor
+
         with tempfile.TemporaryDirectory(prefix="runner-artifacts-") as tmp:
+            uploads: list[tuple[str, str | None]] = []
             for rel, content in files.items():
                 path = Path(tmp, rel)
                 path.parent.mkdir(parents=True, exist_ok=True)
@@ -242,7 +348,17 @@ class Store:
                     path.write_bytes(content)
                 else:
                     path.write_text(content, encoding="utf-8")
-            self.client.log_artifacts(run_id, tmp)
+                parent = Path(rel).parent.as_posix()
+                uploads.append((str(path), None if parent == "." else parent))
+            if len(uploads) == 1 or not self.uri.startswith(("http://", "https://")):
+                self.client.log_artifacts(run_id, tmp)
+                return
+            # The first upload resolves (and caches) the run's artifact repository.
+            self.client.log_artifact(run_id, *uploads[0])
+            with ThreadPoolExecutor(max_workers=min(8, len(uploads) - 1)) as pool:
+                for future in [pool.submit(self.client.log_artifact, run_id, *u)
+                               for u in uploads[1:]]:  # fmt: skip
+                    future.result()
 
     def log_figure(self, run_id: str, figure: Any, artifact_file: str) -> None:
         """Log a matplotlib figure as an image artifact."""

@@ -77,8 +77,10 @@ class StudyTracker:
         from runner.tracking.callback import _store, _uri
 
         self.config = config
-        self.uri = _uri(config)
-        self.store = _store(self.uri)
+        # The callback's store for this config (a local buffer when the server is down and
+        # tracking.on_unavailable=buffer): jobs nest under parents registered for its uri.
+        self.store = _store(_uri(config), config)
+        self.uri = self.store.uri
         self.experiment_id = self.store.experiment_id(str(config.experiment_name))
         self.parent_id: str | None = None
 
@@ -114,7 +116,7 @@ class StudyTracker:
     def _create(self, info: StudyInfo) -> str:
         from runner.tracking.callback import _common_tags, _overrides
 
-        tags = _common_tags(self.config, self.uri)
+        tags = _common_tags(self.config, self.store)
         tags.update(
             {
                 "runner.kind": "sweep",

@@ -1,0 +1,225 @@
+"""``python -m runner.sync``: replay runs buffered while the tracking server was down.
+
+With ``tracking.on_unavailable=buffer``, a job whose server does not answer logs to
+``.runner_buffer/mlflow.db`` in its launch directory and tags its runs ``runner.buffered_for``
+with the server's URI. This command copies those runs onto the server (or ``--to URI``):
+params, metrics with their steps and timestamps, tags, artifacts, logged models, start and
+end times, status, and parent/child links.
+
+Idempotent: each copy is tagged ``runner.synced_from`` = the buffered run's id, and the
+buffered run ``runner.synced_to`` = the copy's id once the copy is complete; a second sync
+skips it, and a copy left half-done by an interrupted sync is deleted and made again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from runner.errors import RunnerError, TrackingError
+
+if TYPE_CHECKING:
+    from mlflow.entities import Run
+    from mlflow.tracking import MlflowClient
+
+__all__ = ["SYNCED_FROM", "SYNCED_TO", "SyncResult", "main", "sync"]
+
+SYNCED_FROM = "runner.synced_from"
+SYNCED_TO = "runner.synced_to"
+BUFFERED_FOR = "runner.buffered_for"
+_PARENT = "mlflow.parentRunId"
+_NOT_COPIED = frozenset({_PARENT, BUFFERED_FOR, SYNCED_TO})
+
+
+@dataclass
+class SyncResult:
+    """What one sync did."""
+
+    synced: list[tuple[str, str]] = field(default_factory=list)  # (buffered id, new id)
+    already: list[str] = field(default_factory=list)
+    running: list[str] = field(default_factory=list)
+
+
+def _chunks(items: list[Any], size: int) -> list[list[Any]]:
+    return [items[i : i + size] for i in range(0, len(items), size)]
+
+
+def _all_runs(client: MlflowClient) -> list[Run]:
+    from mlflow.entities import ViewType
+
+    exps = [e.experiment_id for e in client.search_experiments(view_type=ViewType.ALL)]
+    runs: list[Run] = []
+    for exps_chunk in _chunks(exps, 100):
+        token = None
+        while True:
+            page = client.search_runs(exps_chunk, max_results=1000, page_token=token)
+            runs.extend(page)
+            token = page.token
+            if not token:
+                break
+    # Parents first, so that each child's parent already has its copy.
+    return sorted(runs, key=lambda r: (_PARENT in r.data.tags, r.info.start_time or 0))
+
+
+def _find_copy(dst: MlflowClient, experiment_id: str, run_id: str) -> str | None:
+    found = dst.search_runs(
+        [experiment_id], filter_string=f"tags.`{SYNCED_FROM}` = '{run_id}'", max_results=5
+    )
+    return found[0].info.run_id if found else None
+
+
+def _copy_models(src: MlflowClient, dst: MlflowClient, run: Run, new_id: str, exp: str) -> None:
+    from mlflow.artifacts import download_artifacts
+    from mlflow.entities import LoggedModelStatus
+
+    models = src.search_logged_models(
+        experiment_ids=[run.info.experiment_id],
+        filter_string=f"source_run_id = '{run.info.run_id}'",
+    )
+    for m in models:
+        with tempfile.TemporaryDirectory(prefix="runner-sync-model-") as tmp:
+            local = download_artifacts(
+                artifact_uri=m.artifact_location, dst_path=tmp, tracking_uri=src.tracking_uri
+            )
+            copy = dst.create_logged_model(
+                experiment_id=exp,
+                name=m.name,
+                source_run_id=new_id,
+                tags=dict(m.tags or {}),
+                params=dict(m.params or {}),
+                model_type=m.model_type,
+            )
+            dst.log_model_artifacts(copy.model_id, local)
+            dst.finalize_logged_model(copy.model_id, LoggedModelStatus.READY)
+
+
+def _replay(src: MlflowClient, dst: MlflowClient, run: Run, *, parent: str | None) -> str:
+    from mlflow.entities import Metric, Param, RunTag
+
+    from runner.tracking.store import Store
+
+    name = src.get_experiment(run.info.experiment_id).name
+    exp = Store(dst.tracking_uri).experiment_id(name)
+    stale = _find_copy(dst, exp, run.info.run_id)
+    if stale is not None:  # an interrupted sync's half-made copy
+        dst.delete_run(stale)
+    tags = {k: v for k, v in run.data.tags.items() if k not in _NOT_COPIED}
+    tags[SYNCED_FROM] = run.info.run_id
+    if parent:
+        tags[_PARENT] = parent
+    new = dst.create_run(
+        exp, start_time=run.info.start_time, tags=tags, run_name=run.info.run_name
+    ).info.run_id
+    params = [Param(k, v) for k, v in run.data.params.items()]
+    for chunk in _chunks(params, 100):
+        dst.log_batch(new, params=chunk)
+    history = [
+        Metric(m.key, m.value, m.timestamp, m.step)
+        for key in run.data.metrics
+        for m in src.get_metric_history(run.info.run_id, key)
+    ]
+    for mchunk in _chunks(history, 1000):
+        dst.log_batch(new, metrics=mchunk)
+    with tempfile.TemporaryDirectory(prefix="runner-sync-") as tmp:
+        local = src.download_artifacts(run.info.run_id, "", tmp)
+        if any(Path(local).iterdir()):
+            dst.log_artifacts(new, local)
+    _copy_models(src, dst, run, new, exp)
+    dst.set_terminated(new, status=run.info.status, end_time=run.info.end_time)
+    # Done: the buffered run now points at its complete copy.
+    src.log_batch(run.info.run_id, tags=[RunTag(SYNCED_TO, new)])
+    return str(new)
+
+
+def sync(buffer_uri: str, to: str | None = None) -> SyncResult:
+    """Replay every finished buffered run onto its server (or ``to``).
+
+    Raises:
+        TrackingError: A target that does not answer, or runs with no known target.
+    """
+    from runner.tracking.store import check_reachable, ensure_store
+
+    ensure_store(buffer_uri)
+    from mlflow.tracking import MlflowClient
+
+    src = MlflowClient(buffer_uri)
+    result = SyncResult()
+    copies: dict[str, str] = {}  # buffered run id -> copy id
+    clients: dict[str, MlflowClient] = {}
+    for run in _all_runs(src):
+        rid = run.info.run_id
+        if SYNCED_TO in run.data.tags:
+            copies[rid] = run.data.tags[SYNCED_TO]
+            result.already.append(rid)
+            continue
+        if run.info.status == "RUNNING":
+            result.running.append(rid)
+            continue
+        target = to or run.data.tags.get(BUFFERED_FOR)
+        if not target or "***" in target:
+            raise TrackingError(
+                f"buffered run {rid} does not say which server it was meant for "
+                f"({BUFFERED_FOR}={target!r}); pass --to URI (credentials in the environment)."
+            )
+        if target not in clients:
+            check_reachable(target)
+            ensure_store(target)
+            clients[target] = MlflowClient(target)
+        parent = run.data.tags.get(_PARENT)
+        if parent is not None and parent not in copies:
+            # A parent still RUNNING (its sweep is not over): sync the child later.
+            result.running.append(rid)
+            continue
+        new = _replay(src, clients[target], run, parent=copies.get(parent) if parent else None)
+        copies[rid] = new
+        result.synced.append((rid, new))
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Replay buffered runs; see the module docstring."""
+    from runner.tracking.callback import BUFFER_DIR
+
+    parser = argparse.ArgumentParser(
+        prog="python -m runner.sync",
+        description="Replay runs buffered while the tracking server was down "
+        "(tracking.on_unavailable=buffer) onto the server, idempotently.",
+    )
+    parser.add_argument(
+        "--buffer",
+        type=Path,
+        default=Path(BUFFER_DIR) / "mlflow.db",
+        help=f"the buffer store (default ./{BUFFER_DIR}/mlflow.db)",
+    )
+    parser.add_argument(
+        "--to",
+        metavar="URI",
+        help=f"the tracking URI to replay onto (default: each run's {BUFFERED_FOR} tag)",
+    )
+    args = parser.parse_args(argv)
+    if not args.buffer.is_file():
+        print(f"nothing to sync: no buffer store at {args.buffer}", file=sys.stderr)
+        return 0
+    try:
+        from runner.tracking.store import resolve_uri
+
+        to = resolve_uri(args.to, Path.cwd()) if args.to else None
+        result = sync(f"sqlite:///{args.buffer.resolve()}", to)
+    except RunnerError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(
+        f"synced {len(result.synced)} run(s); {len(result.already)} already synced; "
+        f"{len(result.running)} still running (not synced)"
+    )
+    for old, new in result.synced:
+        print(f"  {old} -> {new}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
