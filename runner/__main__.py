@@ -28,7 +28,7 @@ def normalize_argv(argv: list[str]) -> list[str]:
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_MODULE, config_name="config")
-def _hydra_main(cfg: DictConfig) -> float:
+def _hydra_main(cfg: DictConfig) -> float | list[float]:
     from runner.app import run
 
     return run(cfg)

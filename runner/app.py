@@ -17,7 +17,7 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from runner import tracking
+from runner import tracking, trial
 from runner.config import register
 from runner.data import Dataset
 from runner.errors import ConfigError, RunnerError
@@ -38,10 +38,25 @@ def _check_config(cfg: DictConfig) -> None:
             f"required config values are missing: {', '.join(missing)}. "
             f"Set them on the command line, e.g. `python -m runner {example}`."
         )
-    if cfg.direction not in DIRECTIONS:
+    directions = _as_list(cfg.direction)
+    if not directions or any(d not in DIRECTIONS for d in directions):
         raise ConfigError(
-            f"direction is {cfg.direction!r}; it must be one of {', '.join(DIRECTIONS)}."
+            f"direction is {cfg.direction!r}; it must be one of {', '.join(DIRECTIONS)} "
+            "(or a list of them, one per objective, for a multi-objective sweep)."
         )
+    objectives = _as_list(cfg.objective)
+    if len(directions) > 1 and len(directions) != len(objectives):
+        raise ConfigError(
+            f"direction has {len(directions)} entries but objective has {len(objectives)} "
+            f"({objectives}); give one direction per objective."
+        )
+
+
+def _as_list(value: Any) -> list[str]:
+    """A str-or-list config value as a list of str (objective, direction)."""
+    if OmegaConf.is_list(value) or isinstance(value, list | tuple):
+        return [str(v) for v in value]
+    return [str(value)]
 
 
 def _instantiate(node: DictConfig, what: str) -> Any:
@@ -70,15 +85,48 @@ def model_flavor(model: Any) -> str | None:
     return None
 
 
+def _epoch_end(job: tracking.NullRun) -> Any:
+    def on_epoch_end(epoch: int, metrics: dict[str, float]) -> None:
+        job.log_metrics(metrics, step=epoch)
+        if "val_loss" in metrics:
+            # In an Optuna sweep with a pruner: report, and stop a hopeless trial here.
+            trial.report(metrics["val_loss"], epoch, lower_is_better=True)
+            if trial.should_prune():
+                job.flush()
+                raise trial.pruned(f"pruned at epoch {epoch} (val_loss={metrics['val_loss']:.4g})")
+
+    return on_epoch_end
+
+
+#: xgboost eval metrics where higher is better (the others are losses or errors).
+_XGB_HIGHER = ("auc", "aucpr", "map", "ndcg", "pre")
+
+
+def _xgb_pruning(model: Any) -> Any:
+    """An xgboost callback reporting each round's first validation metric to the trial."""
+    import xgboost
+
+    class PruneRounds(xgboost.callback.TrainingCallback):
+        pruned_at: int | None = None
+
+        def after_iteration(self, model: Any, epoch: int, evals_log: Any) -> bool:
+            for name, history in evals_log.get("validation_0", {}).items():
+                higher = name.split("@")[0] in _XGB_HIGHER
+                trial.report(float(history[-1]), epoch, lower_is_better=not higher)
+                if trial.should_prune():
+                    self.pruned_at = epoch
+                    return True  # stop boosting
+                break
+            return False
+
+    return PruneRounds()
+
+
 def _fit_kwargs(model: Any, data: Dataset, job: tracking.NullRun) -> dict[str, Any]:
     params = inspect.signature(model.fit).parameters
     kwargs: dict[str, Any] = {}
     if "on_epoch_end" in params:  # our MLP: per-epoch losses as step metrics
-        kwargs.update(
-            X_val=data.X_val,
-            y_val=data.y_val,
-            on_epoch_end=lambda epoch, metrics: job.log_metrics(metrics, step=epoch),
-        )
+        kwargs.update(X_val=data.X_val, y_val=data.y_val, on_epoch_end=_epoch_end(job))
     elif model_flavor(model) == "xgboost":
         kwargs.update(eval_set=[(data.X_val, data.y_val)], verbose=False)
     return kwargs
@@ -116,7 +164,7 @@ def _log_artifacts(cfg: DictConfig, model: Any, data: Dataset, job: tracking.Nul
         job.log_model(model, flavor=flavor, input_example=example)
 
 
-def run(cfg: DictConfig) -> float:
+def run(cfg: DictConfig) -> float | list[float]:
     """Run one job: fit ``cfg.model`` on ``cfg.dataset``, log, return the objective.
 
     Args:
@@ -140,6 +188,11 @@ def run(cfg: DictConfig) -> float:
     flavor = model_flavor(model)
     log.info("fitting %s on %s (%d rows)", type(model).__name__, data.name, len(data.y_train))
 
+    pruning = None
+    handle = trial.current()
+    if flavor == "xgboost" and handle is not None and handle.pruning:
+        pruning = _xgb_pruning(model)
+        model.set_params(callbacks=[pruning])
     start = time.perf_counter()
     with job.autolog(flavor if cfg.tracking.autolog else None):
         try:
@@ -149,6 +202,10 @@ def run(cfg: DictConfig) -> float:
             raise RunnerError(f"{e}. The model was {type(model).__name__}.") from None
     fit_time = time.perf_counter() - start
     _log_boosting_rounds(model, job)
+    if pruning is not None:
+        model.set_params(callbacks=None)  # the logged model must not carry the callback
+        if pruning.pruned_at is not None:
+            raise trial.pruned(f"pruned at boosting round {pruning.pruned_at}")
 
     from runner.metrics import evaluate
 
@@ -164,13 +221,17 @@ def run(cfg: DictConfig) -> float:
             f"{', '.join(f'{k}={metrics[k]}' for k in bad)}. The model diverged or the data "
             "has NaN/inf values; lower the learning rate or clean the data."
         )
-    objective = str(cfg.objective)
-    if objective not in metrics:
-        raise ConfigError(
-            f"objective {objective!r} is not a metric this job produced; it produced: "
-            f"{', '.join(sorted(metrics))}. Set objective=<one of those>."
-        )
+    objectives = _as_list(cfg.objective)
+    for objective in objectives:
+        if objective not in metrics:
+            raise ConfigError(
+                f"objective {objective!r} is not a metric this job produced; it produced: "
+                f"{', '.join(sorted(metrics))}. Set objective=<one of those>."
+            )
     if job.enabled:  # figures and model files are only worth building to log them
         _log_artifacts(cfg, model, data, job)
-    log.info("%s = %.6g", objective, metrics[objective])
-    return float(metrics[objective])
+    for objective in objectives:
+        log.info("%s = %.6g", objective, metrics[objective])
+    if OmegaConf.is_list(cfg.objective):  # multi-objective sweeps: one value per objective
+        return [float(metrics[o]) for o in objectives]
+    return float(metrics[objectives[0]])

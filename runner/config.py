@@ -61,8 +61,9 @@ class RunnerConfig:
     backend: Any = MISSING
     seed: int = 0
     lr: float = 0.1
-    objective: str = MISSING
-    direction: str = MISSING
+    # A metric name, or a list of them for a multi-objective sweep (then `direction` too).
+    objective: Any = MISSING
+    direction: Any = MISSING
     experiment_name: str = MISSING
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
 

@@ -17,6 +17,7 @@ from hydra.core.utils import JobReturn, JobStatus
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from runner import trial as trial_mod
 from runner.config import register
 from runner.errors import ConfigError, RunnerError, TrackingError
 from runner.tracking import provenance
@@ -26,9 +27,9 @@ from runner.tracking.job import JobRun, NullRun
 from runner.tracking.params import config_params, public_config
 from runner.tracking.redact import redact_file, redact_override
 from runner.tracking.store import Store, check_reachable, ensure_store, public_uri, resolve_uri
-from runner.tracking.sweep import SweepParents
+from runner.tracking.sweep import SELF_MANAGED_SWEEPERS, SweepParents
 
-__all__ = ["MLflowCallback", "close_open_runs"]
+__all__ = ["MLflowCallback", "close_job_run", "close_open_runs"]
 
 log = logging.getLogger(__name__)
 
@@ -186,6 +187,10 @@ def _start_job(config: DictConfig) -> JobRun:
         }
     )
     name = f"{choices.get('model', 'model')}-{choices.get('dataset', 'data')}"
+    trial = trial_mod.current()
+    if trial is not None:
+        tags["runner.trial_number"] = str(trial.number)
+        tags["runner.study"] = trial.ref.study_name
     if multirun:
         tags["runner.job_num"] = str(hc.job.num)
         name = f"{name}-{hc.job.num}"
@@ -235,7 +240,12 @@ class MLflowCallback(Callback):
             return
         state.sweep = Sweep(uri=uri, dir=sweep_dir)
         SweepParents(sweep_dir).set_overrides(_overrides(config))
-        if not _swept(config, ("dataset", "experiment_name")):
+        # The Optuna sweeper makes one parent per study (reused on resume and by other
+        # sweep processes) and registers it before its first job.
+        managed = OmegaConf.select(config, "hydra.sweeper._target_", default=None)
+        if managed not in SELF_MANAGED_SWEEPERS and not _swept(
+            config, ("dataset", "experiment_name")
+        ):
             SweepParents(sweep_dir).get_or_create(
                 uri, exp_id, lambda rec: _create_parent(store, exp_id, config, sweep_dir, rec)
             )
@@ -258,14 +268,32 @@ class MLflowCallback(Callback):
     def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
         """End the job's run: FINISHED, or FAILED with the error as a tag."""
         job, state.job, state.job_error = state.job, None, None
+        trial = trial_mod.current()
         if isinstance(job, JobRun):
             error: BaseException | None = None
-            if job_return.status != JobStatus.COMPLETED:
+            if job_return.status != JobStatus.COMPLETED and trial is not None:
+                # Not through the property: it logs "Error executing job", wrong for a
+                # pruned trial (the sweeper reports every trial's end itself).
+                raw = job_return._return_value
+                error = raw if isinstance(raw, BaseException) else RunnerError(str(raw))
+            elif job_return.status != JobStatus.COMPLETED:
                 try:
                     job_return.return_value  # noqa: B018 - re-raises the job's exception
                 except BaseException as e:
                     error = e
-            job.finish("FINISHED" if error is None else "FAILED", error=error)
+            status = "FINISHED" if error is None else "FAILED"
+            if trial is not None:
+                # The same rule the sweeper tells Optuna: pruned is not a failure, and a
+                # NaN objective is one.
+                ok = job_return.status == JobStatus.COMPLETED
+                value = job_return._return_value if ok else error
+                result = trial_mod.outcome(ok, value, len(trial.ref.directions))
+                job.set_tags({"runner.trial_state": result.state})
+                if result.state == "PRUNED":
+                    status, error = "FINISHED", None
+                elif result.state == "FAIL" and error is None:
+                    status, error = "FAILED", RunnerError(result.error or "failed trial")
+            job.finish(status, error=error)
         if state.sweep is not None and job_return.status != JobStatus.COMPLETED:
             state.sweep.failed_jobs += 1
 
@@ -283,6 +311,21 @@ def _swept(config: DictConfig, keys: tuple[str, ...]) -> bool:
     except Exception:  # a bad override is reported by Hydra itself
         return True
     return any(o.is_sweep_override() and o.key_or_group.split(".")[0] in keys for o in parsed)
+
+
+def close_job_run(status: str) -> None:
+    """End this process's job run (if open) with ``status``; sweep parents stay open.
+
+    The Optuna sweeper calls this when Ctrl-C or SIGTERM interrupts a trial's job, which
+    Hydra's ``run_job`` lets through without calling ``on_job_end``.
+    """
+    job, state.job, state.job_error = state.job, None, None
+    if isinstance(job, JobRun):
+        try:
+            job.set_tags({"runner.trial_state": "FAIL"} if trial_mod.current() else {})
+            job.finish(status)
+        except Exception as e:
+            log.error("could not end run %s: %s", job.run_id, e)
 
 
 def close_open_runs(status: str, error: BaseException | None = None) -> None:

@@ -16,7 +16,13 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-__all__ = ["SweepParents"]
+__all__ = ["SELF_MANAGED_SWEEPERS", "SweepParents"]
+
+#: Sweepers that create and register their own parent runs (one per Optuna study, reused on
+#: resume and across processes): the callback makes no eager parent for them.
+SELF_MANAGED_SWEEPERS = frozenset(
+    {"hydra_plugins.runner_optuna_sweeper.optuna_sweeper.OptunaSweeper"}
+)
 
 
 class SweepParents:
@@ -61,6 +67,12 @@ class SweepParents:
             if experiment_id not in parents:
                 parents[experiment_id] = create(data.get("overrides"))
             return str(parents[experiment_id])
+
+    def set(self, uri: str, experiment_id: str, run_id: str) -> None:
+        """Record ``run_id`` as the parent for ``experiment_id`` (a sweeper that manages
+        its own parent runs, e.g. one per Optuna study, registers it before any job)."""
+        with self._locked() as data:
+            data.setdefault("parents", {}).setdefault(uri, {})[experiment_id] = run_id
 
     def all(self) -> dict[str, dict[str, str]]:
         """``{uri: {experiment_id: parent run id}}`` of every parent made so far."""

@@ -1,0 +1,39 @@
+"""The Sweeper class Hydra instantiates for ``hydra/sweeper=optuna``: a thin shell."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hydra.plugins.sweeper import Sweeper
+from hydra.types import HydraContext, TaskFunction
+from omegaconf import DictConfig
+
+
+class OptunaSweeper(Sweeper):
+    """Sample Hydra overrides with Optuna (ask/tell) and run each trial as a Hydra job."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        # The keys are validated in runner.optuna_sweep once the full config is known.
+        self._kwargs = kwargs
+        self._impl: Any = None
+
+    def setup(
+        self,
+        *,
+        hydra_context: HydraContext,
+        task_function: TaskFunction,
+        config: DictConfig,
+    ) -> None:
+        """Keep what the sweep needs (called by Hydra before :meth:`sweep`)."""
+        from runner.optuna_sweep import OptunaSweep
+
+        self.hydra_context = hydra_context
+        self.config = config
+        self.launcher = None
+        self._impl = OptunaSweep(
+            hydra_context=hydra_context, task_function=task_function, config=config
+        )
+
+    def sweep(self, arguments: list[str]) -> Any:
+        """Run the study; returns the best trial's values (``None`` if none completed)."""
+        return self._impl.run(arguments)

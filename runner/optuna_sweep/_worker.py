@@ -1,0 +1,112 @@
+"""Running one trial's Hydra job: in the sweep's process, or in a worker process.
+
+``n_jobs > 1`` uses a pool of worker processes (spawned, so no SQLite connection, thread or
+lock of the sweep process is inherited) that each run whole Hydra jobs with
+``hydra.core.utils.run_job``, as Hydra's joblib launcher does. Hydra's launcher API launches
+batches and returns when the whole batch is done; running jobs one by one from a pool lets a
+new trial start as soon as any slot frees.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import logging
+import signal
+import sys
+from types import FrameType
+from typing import Any
+
+from runner.trial import Outcome, TrialHandle, activate, outcome
+
+__all__ = ["init_worker", "run_trial", "run_trial_payload", "warm"]
+
+log = logging.getLogger(__name__)
+
+
+def _terminate(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def init_worker() -> None:
+    """Worker set-up: Ctrl-C is the sweep process's to handle; SIGTERM ends the job KILLED."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, _terminate)
+
+
+def warm(modules: list[str]) -> int:
+    """Import the job's heavy modules once per worker, before the first trial is timed."""
+    import os
+
+    for name in modules:
+        with contextlib.suppress(ImportError):
+            importlib.import_module(name)
+    return os.getpid()
+
+
+def close_job_run(status: str) -> None:
+    """End the job's MLflow run (if the runner's callback started one) with ``status``."""
+    callback = sys.modules.get("runner.tracking.callback")
+    if callback is not None:
+        callback.close_job_run(status)
+
+
+def run_trial(
+    *,
+    hydra_context: Any,
+    task_function: Any,
+    config: Any,
+    handle: TrialHandle,
+) -> Outcome:
+    """Run the job of one trial and classify how it ended.
+
+    Raises:
+        KeyboardInterrupt: Ctrl-C or SIGTERM; the job's run was ended KILLED.
+    """
+    from hydra.core.utils import JobStatus, run_job
+
+    with activate(handle):
+        try:
+            ret = run_job(
+                hydra_context=hydra_context,
+                task_function=task_function,
+                config=config,
+                job_dir_key="hydra.sweep.dir",
+                job_subdir_key="hydra.sweep.subdir",
+            )
+        except KeyboardInterrupt:
+            # run_job catches Exception only: on_job_end never ran for this job.
+            close_job_run("KILLED")
+            raise
+    ok = ret.status == JobStatus.COMPLETED
+    result = outcome(ok, ret._return_value, len(handle.ref.directions))
+    if result.state == "FAIL" and isinstance(ret._return_value, BaseException):
+        # What Hydra logs for a failed job (its JobReturn would also say it for a pruned
+        # one, which is no error): the overrides and the traceback.
+        log.error(
+            "trial %d failed; job overrides: %s",
+            handle.number,
+            list(ret.overrides or []),
+            exc_info=ret._return_value,
+        )
+    return result
+
+
+def run_trial_payload(payload: bytes) -> Outcome:
+    """Worker entry: unpickle (cloudpickle) the job, run it, return its outcome."""
+    import cloudpickle
+    from hydra.core.singleton import Singleton
+    from hydra.core.utils import setup_globals
+
+    hydra_context, task_function, config, singletons, ref = cloudpickle.loads(payload)
+    Singleton.set_state(singletons)
+    setup_globals()
+    try:
+        return run_trial(
+            hydra_context=hydra_context,
+            task_function=task_function,
+            config=config,
+            handle=TrialHandle(ref),
+        )
+    except KeyboardInterrupt:
+        return Outcome("KILLED", error="interrupted")

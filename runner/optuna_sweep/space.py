@@ -1,0 +1,177 @@
+"""The search space: Hydra's sweep grammar, parsed by Hydra, as Optuna distributions.
+
+=================================  ===========================================================
+Hydra override                     Optuna distribution
+=================================  ===========================================================
+``choice(a, b, c)`` / ``a,b,c``    ``CategoricalDistribution([a, b, c])``
+``range(a, b[, step])`` (ints)     ``IntDistribution(a, last, step)``, ``last < b`` (b excluded,
+                                   as Hydra defines it)
+``range(a, b, step)`` (floats)     ``CategoricalDistribution`` of its values, b excluded
+``interval(a, b)``                 ``FloatDistribution(a, b)``
+``int(interval(a, b))``            ``IntDistribution(a, b)``
+``tag(log, <interval/range>)``     the same with ``log=True``
+``key=value``                      a fixed override, applied to every trial
+=================================  ===========================================================
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from runner.errors import ConfigError
+
+__all__ = ["GRAMMAR", "SearchSpace", "format_value", "parse_space"]
+
+GRAMMAR = (
+    "choice(a, b, ...) | a,b,... | range(start, stop[, step]) (stop excluded) | "
+    "interval(low, high) | int(interval(low, high)) | tag(log, interval(...)) | "
+    "tag(log, range(...)) | key=value (fixed)"
+)
+
+
+@dataclass
+class SearchSpace:
+    """Distributions by key, the fixed overrides, and the raw text of both (for names)."""
+
+    distributions: dict[str, Any] = field(default_factory=dict)
+    fixed: list[str] = field(default_factory=list)
+    raw: dict[str, str] = field(default_factory=dict)
+
+    def describe(self) -> str:
+        """The space as JSON ``{key: override text}`` (a param of the parent run)."""
+        return json.dumps(self.raw, sort_keys=True)
+
+    def digest(self, extra: list[str]) -> str:
+        """Eight hex digits naming this space plus ``extra`` (fixed overrides, directions)."""
+        text = json.dumps([sorted(self.raw.items()), sorted(self.fixed), extra])
+        return hashlib.sha256(text.encode()).hexdigest()[:8]
+
+    def grid(self) -> dict[str, list[Any]]:
+        """The space as GridSampler's ``search_space`` (discrete distributions only)."""
+        from optuna.distributions import CategoricalDistribution, IntDistribution
+
+        grid: dict[str, list[Any]] = {}
+        for key, dist in self.distributions.items():
+            if isinstance(dist, CategoricalDistribution):
+                grid[key] = list(dist.choices)
+            elif isinstance(dist, IntDistribution) and not dist.log:
+                grid[key] = list(range(dist.low, dist.high + 1, dist.step))
+            else:
+                raise ConfigError(
+                    f"the grid sampler needs a discrete space, but {key}={self.raw[key]} is "
+                    "continuous. Use choice(...) or range(...) for it, or another sampler "
+                    "(hydra/sweeper/sampler=tpe)."
+                )
+        return grid
+
+
+def format_value(value: Any) -> str:
+    """A sampled value as Hydra override text."""
+    if isinstance(value, bool) or value is None:
+        return {True: "true", False: "false", None: "null"}[value]
+    if isinstance(value, float):
+        return repr(value)
+    return str(value)
+
+
+def _bad(text: str, why: str) -> ConfigError:
+    return ConfigError(
+        f"the search-space override {text!r} cannot be used: {why}. The grammar is: {GRAMMAR}."
+    )
+
+
+def _distribution(override: Any, text: str) -> Any:
+    from hydra.core.override_parser.types import ChoiceSweep, IntervalSweep, RangeSweep
+    from optuna.distributions import (
+        CategoricalDistribution,
+        FloatDistribution,
+        IntDistribution,
+    )
+
+    raw = override.value()
+    value: Any = raw  # Hydra's sweep types are loosely typed; checked below
+    log = "log" in (getattr(value, "tags", None) or set())
+    if isinstance(raw, ChoiceSweep):
+        if log:
+            raise _bad(text, "tag(log, ...) applies to interval(...) and range(...), not choice")
+        choices = list(value.list)
+        if not choices:
+            raise _bad(text, "an empty choice")
+        if any(isinstance(c, dict | list) for c in choices):
+            raise _bad(text, "choices must be plain values (numbers, strings, bools, null)")
+        return CategoricalDistribution(choices)
+    if isinstance(raw, RangeSweep):
+        start, stop, step = value.start, value.stop, value.step
+        if step is None or step == 0:
+            raise _bad(text, "the step is zero")
+        if all(isinstance(x, int) for x in (start, stop, step)):
+            if step < 0 or stop <= start:
+                raise _bad(text, "it is empty or descending")
+            last = start + ((stop - 1 - start) // step) * step
+            if log and step != 1:
+                raise _bad(text, "tag(log, range(...)) needs step 1")
+            return IntDistribution(start, last, step=step, log=log)
+        if log:
+            raise _bad(text, "tag(log, range(...)) needs integers")
+        # Hydra's own float expansion accumulates rounding (range(0.1, 0.4, 0.1) yields
+        # 0.30000000000000004 and 0.4); count the steps instead, stop excluded.
+        n = math.ceil((stop - start) / step - 1e-9)
+        choices = [round(start + i * step, 12) for i in range(max(n, 0))]
+        if not choices:
+            raise _bad(text, "it is empty")
+        return CategoricalDistribution(choices)
+    if isinstance(raw, IntervalSweep):
+        low, high = value.start, value.end
+        if not low < high:
+            raise _bad(text, f"low ({low}) must be below high ({high})")
+        if log and low <= 0:
+            raise _bad(text, f"a log interval needs low > 0 (got {low})")
+        if isinstance(low, int) and isinstance(high, int):
+            return IntDistribution(low, high, log=log)
+        return FloatDistribution(float(low), float(high), log=log)
+    raise _bad(text, f"{type(value).__name__} sweeps are not supported")
+
+
+def parse_space(params: dict[str, str] | None, arguments: list[str]) -> SearchSpace:
+    """Build the space from ``hydra.sweeper.params`` and the command line (which wins).
+
+    Raises:
+        ConfigError: An override that Hydra's parser rejects or that has no Optuna
+            equivalent; the message shows the override and the grammar.
+    """
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parser = OverridesParser.create()
+    texts: dict[str, str] = {}
+    for key, value in (params or {}).items():
+        texts[str(key)] = f"{key}={value}"
+    fixed: list[str] = []
+    for arg in arguments:
+        try:
+            override = parser.parse_override(arg)
+        except Exception as e:
+            raise _bad(arg, str(e).strip().splitlines()[0]) from None
+        if override.is_sweep_override():
+            texts[override.get_key_element()] = arg
+            continue
+        key = override.get_key_element()
+        texts.pop(key, None)  # a fixed value on the command line pins a preset's param
+        fixed.append(arg)
+    space = SearchSpace(fixed=fixed)
+    for key, text in texts.items():
+        try:
+            override = parser.parse_override(text)
+        except Exception as e:
+            raise _bad(text, str(e).strip().splitlines()[0]) from None
+        if not override.is_sweep_override():
+            space.fixed.append(text)
+            continue
+        if override.is_delete() or override.is_add() or override.is_force_add():
+            raise _bad(text, "+key, ++key and ~key cannot be swept")
+        space.distributions[key] = _distribution(override, text)
+        space.raw[key] = text.split("=", 1)[1]
+    return space
