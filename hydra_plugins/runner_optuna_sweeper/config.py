@@ -174,6 +174,11 @@ class OptunaSweeperConf:
     n_trials: int = 20
     # Trials run at once on this machine (worker processes when > 1).
     n_jobs: int = 1
+    # Seconds between trial heartbeats (RDB storages; null: off). On, a RUNNING trial whose
+    # sweep process stopped beating for grace_period (null: 2 x interval) is failed and
+    # re-queued by a surviving sweep process, on any machine (SIGKILL, power loss).
+    heartbeat_interval: Any = None
+    grace_period: Any = None
     # Stop when failed/finished trials exceeds this (0.0: stop at the first failure).
     max_failure_rate: float = 0.0
     # The search space: `key: <Hydra sweep override>`; command-line sweeps win.

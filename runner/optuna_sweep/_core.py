@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures as cf
+import contextlib
 import logging
 import math
 import multiprocessing
@@ -207,7 +208,12 @@ class OptunaSweep:
         spec = st.resolve_storage(
             OmegaConf.select(self.sc, "storage"), self.launch_dir, self.sweep_dir, self.n_jobs
         )
-        storage = st.make_storage(spec)
+        self.heartbeat = OmegaConf.select(self.sc, "heartbeat_interval", default=None)
+        storage = st.make_storage(
+            spec,
+            heartbeat_interval=self.heartbeat if isinstance(spec, str) else None,
+            grace_period=OmegaConf.select(self.sc, "grace_period", default=None),
+        )
         name = self._study_name(space, directions)
         pruner = self._pruner()
         existing = self._existing_trials(storage, name)
@@ -218,11 +224,14 @@ class OptunaSweep:
         retried = st.recover_stale(study, storage)
         if retried:
             log.info("study %s: re-queued trials %s left running by a killed sweep", name, retried)
-        self._warm_start(study, space)
+        info = self._info(space, name, directions, objectives, spec, pruner)
+        # Two sweep processes starting at once would both see an empty study and both
+        # enqueue the warm-start points.
+        with info.lock():
+            self._warm_start(study, space)
         self.sweep_dir.mkdir(parents=True, exist_ok=True)
         # Our own progress line/log lines say what Optuna's per-trial INFO lines would.
         optuna.logging.set_verbosity(optuna.logging.WARNING)
-        info = self._info(space, name, directions, objectives, spec, pruner)
         from runner.tracking.study import study_tracker  # no MLflow import without tracking
 
         tracker = study_tracker(self.config)
@@ -239,8 +248,16 @@ class OptunaSweep:
         )
         status, error = "KILLED", None
         try:
+            beat: Any = contextlib.nullcontext()
+            if st.heartbeat_on(storage):
+                beat = st.Heartbeat(
+                    storage,
+                    lambda: [t._trial_id for t in list(self.mine.values())],
+                    storage.heartbeat_interval,
+                )
             with (
                 _sigterm_as_interrupt(),
+                beat,
                 Progress(name, self.n_trials, str(self.sc.progress)) as progress,
             ):
                 self._loop(study, storage, spec, space, directions, pruner, progress)
@@ -286,6 +303,8 @@ class OptunaSweep:
         pruner_name = str(choices.get("hydra/sweeper/pruner") or type(pruner).__name__)
         if isinstance(spec, str):
             shown = redact_text(spec)
+            # Only a file lock beside a SQLite file or in the launch dir; PostgreSQL
+            # storages lock in the database (study_lock), for sweeps on several machines.
             lock = (
                 Path(spec[len("sqlite:///") :] + ".runner.lock")
                 if spec.startswith("sqlite:///")
@@ -305,14 +324,18 @@ class OptunaSweep:
             n_trials=self.n_trials,
             sweep_dir=self.sweep_dir,
             lock_file=lock,
+            lock=lambda: st.study_lock(spec, name, lock),
         )
 
     def _ask(self, study: Any, storage: Any, space: SearchSpace) -> Any | None:
         """A new trial, or None when the study already holds ``n_trials``."""
+        st.fail_stale(study)  # a killed process's trials, on any machine (heartbeat on)
         if len(st.counted(study.get_trials(deepcopy=False))) >= self.n_trials:
             return None
         trial = study.ask(fixed_distributions=space.distributions)
         storage.set_trial_system_attr(trial._trial_id, st.OWNER_ATTR, st.owner())
+        if st.heartbeat_on(storage):
+            storage.record_heartbeat(trial._trial_id)  # stale-checked from its first beat
         # Another sweep process may have asked in between: the lower numbers win.
         before = [
             t for t in st.counted(study.get_trials(deepcopy=False)) if t.number < trial.number
@@ -425,7 +448,12 @@ class OptunaSweep:
 
         from runner.optuna_sweep._worker import run_trial
 
-        while (trial := self._ask(study, storage, space)) is not None:
+        while True:
+            trial = self._ask(study, storage, space)
+            if trial is None:
+                if self._await_others(study):
+                    continue
+                break
             self.mine[trial.number] = trial
             self._show(study, progress)
             handle = TrialHandle(self._ref(trial, spec, directions, pruner), trial)
@@ -490,6 +518,9 @@ class OptunaSweep:
                     running[pool.submit(_worker.run_trial_payload, payload)] = trial
                     self._show(study, progress)
                 if not running:
+                    if stop and self._await_others(study):
+                        stop = False
+                        continue
                     break
                 done, _ = cf.wait(running, return_when=cf.FIRST_COMPLETED)
                 for future in done:
@@ -513,6 +544,32 @@ class OptunaSweep:
             raise
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
+
+    def _await_others(self, study: Any) -> bool:
+        """Wait for other processes' RUNNING trials; True when one died and was re-queued.
+
+        Only with the heartbeat on: then a trial of a sweep process killed on another
+        machine is failed after the grace period, and this process runs its retry instead
+        of leaving the study one trial short. Without it, other processes' trials are theirs.
+        """
+        import time
+
+        from optuna.trial import TrialState
+
+        if not st.heartbeat_on(study._storage):
+            return False
+        interval = float(study._storage.heartbeat_interval)
+        while True:
+            st.fail_stale(study)
+            trials = study.get_trials(deepcopy=False)
+            if len(st.counted(trials)) < self.n_trials:
+                return True
+            others = [
+                t for t in trials if t.state == TrialState.RUNNING and t.number not in self.mine
+            ]
+            if not others:
+                return False
+            time.sleep(interval)
 
     def _drain(self, study: Any, running: dict[cf.Future[Any], Any], progress: Progress) -> None:
         """Let the trials already running finish (after a cut-off) and record them."""

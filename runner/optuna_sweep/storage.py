@@ -15,12 +15,16 @@ from runner.tracking.redact import redact_text
 __all__ = [
     "OWNER_ATTR",
     "VOID_ATTR",
+    "Heartbeat",
     "counted",
+    "fail_stale",
+    "heartbeat_on",
     "make_storage",
     "open_study",
     "owner",
     "recover_stale",
     "resolve_storage",
+    "study_lock",
 ]
 
 #: Trial system attrs: which process runs it, and whether it counts towards n_trials.
@@ -71,8 +75,69 @@ def file_lock(path: Path) -> Iterator[None]:
         yield
 
 
-def make_storage(spec: Any) -> Any:
-    """An Optuna storage object from a spec of :func:`resolve_storage`."""
+def _advisory_key(name: str) -> int:
+    """A signed 64-bit PostgreSQL advisory-lock key for ``name`` (stable across hosts)."""
+    import hashlib
+
+    return int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
+
+
+@contextlib.contextmanager
+def _pg_lock(url: str, name: str) -> Iterator[None]:
+    """``pg_advisory_xact_lock`` on a key derived from ``name``, held for the block.
+
+    The lock lives in the database, so it serialises sweep processes on every machine that
+    reaches it; a process that dies drops its connection and with it the lock.
+    """
+    import sqlalchemy
+
+    engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
+    try:
+        with engine.begin() as conn:
+            conn.execute(
+                sqlalchemy.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _advisory_key(name)}
+            )
+            yield
+    finally:
+        engine.dispose()
+
+
+def _is_postgres(spec: Any) -> bool:
+    return isinstance(spec, str) and spec.split(":", 1)[0].split("+", 1)[0] in (
+        "postgresql",
+        "postgres",
+    )
+
+
+def study_lock(spec: Any, name: str, fallback: Path) -> contextlib.AbstractContextManager[Any]:
+    """A lock that every sweep process of study ``name`` on storage ``spec`` shares.
+
+    PostgreSQL: a database advisory lock (works across machines). Otherwise a file lock at
+    ``fallback`` (SQLite and journal files are on one host, or on a shared file system).
+    """
+    if _is_postgres(spec):
+        return _pg_lock(spec, f"runner.optuna.study:{name}")
+    return file_lock(fallback)
+
+
+def _retry_stale(study: Any, trial: Any) -> None:
+    """Optuna's callback for a trial failed by the heartbeat: void it and queue it again."""
+    study._storage.set_trial_system_attr(trial._trial_id, VOID_ATTR, True)
+    if trial.params:
+        study.enqueue_trial(dict(trial.params), user_attrs={"runner.retry_of": trial.number})
+
+
+def make_storage(
+    spec: Any, *, heartbeat_interval: int | None = None, grace_period: int | None = None
+) -> Any:
+    """An Optuna storage object from a spec of :func:`resolve_storage`.
+
+    ``heartbeat_interval`` (seconds, RDB storages only) turns on Optuna's trial heartbeat:
+    a RUNNING trial whose heartbeat is older than ``grace_period`` (default twice the
+    interval) is failed by the next sweep process that looks, and its params queued again.
+    """
+    import warnings
+
     import optuna
 
     if spec is None:
@@ -90,8 +155,19 @@ def make_storage(spec: Any) -> Any:
         # Two sweeps opening a new file at once race on Optuna's schema creation
         # (UNIQUE constraint failed: alembic_version.version_num): one at a time.
         lock = file_lock(Path(spec[len("sqlite:///") :] + ".runner.lock"))
+    elif _is_postgres(spec):
+        # The same race on a fresh PostgreSQL database, from any machine.
+        lock = _pg_lock(spec, "runner.optuna.schema")
+    if heartbeat_interval:
+        kwargs.update(
+            heartbeat_interval=int(heartbeat_interval),
+            grace_period=int(grace_period) if grace_period else None,
+            heartbeat_stale_trial_callback=_retry_stale,
+        )
     try:
-        with lock:
+        with lock, warnings.catch_warnings():
+            # heartbeat_interval is flagged experimental; it has been stable since Optuna 2.
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             return optuna.storages.RDBStorage(spec, **kwargs)
     except Exception as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
@@ -100,6 +176,19 @@ def make_storage(spec: Any) -> Any:
             "hydra.sweeper.storage (any SQLAlchemy URL, e.g. sqlite:///optuna.db or "
             "postgresql+psycopg://user@host/db; null: in-memory)."
         ) from None
+
+
+def heartbeat_on(storage: Any) -> bool:
+    """Whether ``storage`` has Optuna's trial heartbeat turned on."""
+    return isinstance(getattr(storage, "heartbeat_interval", None), int)
+
+
+def fail_stale(study: Any) -> None:
+    """Fail (and re-queue) RUNNING trials whose heartbeat stopped: killed on any machine."""
+    if heartbeat_on(study._storage):
+        from optuna.storages import fail_stale_trials
+
+        fail_stale_trials(study)
 
 
 def open_study(storage: Any, *, name: str, directions: list[str], sampler: Any, pruner: Any) -> Any:
@@ -181,3 +270,34 @@ def counted(trials: list[Any]) -> list[Any]:
         for t in trials
         if t.state != TrialState.WAITING and not t.system_attrs.get(VOID_ATTR, False)
     ]
+
+
+class Heartbeat:
+    """A daemon thread that records the heartbeat of this process's RUNNING trials.
+
+    The sweep process beats (not the job): a killed sweep process, on any machine, stops
+    beating for all its trials, which is what :func:`fail_stale` on the survivors detects.
+    """
+
+    def __init__(self, storage: Any, trial_ids: Any, interval: float) -> None:
+        import threading
+
+        self.storage = storage
+        self.trial_ids = trial_ids  # callable -> list of trial ids
+        self.interval = interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="optuna-heartbeat", daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            for trial_id in list(self.trial_ids()):
+                with contextlib.suppress(Exception):  # finished meanwhile, or a DB blip
+                    self.storage.record_heartbeat(trial_id)
+
+    def __enter__(self) -> Heartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=self.interval + 5)

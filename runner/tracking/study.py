@@ -15,7 +15,8 @@ import fcntl
 import json
 import logging
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -49,6 +50,9 @@ class StudyInfo:
     n_trials: int
     sweep_dir: Path
     lock_file: Path
+    #: The lock every sweep process of the study shares (a database lock on PostgreSQL);
+    #: None: a file lock at ``lock_file``.
+    lock: Callable[[], AbstractContextManager[Any]] | None = None
 
 
 def study_tracker(config: DictConfig) -> StudyTracker | None:
@@ -90,7 +94,7 @@ class StudyTracker:
         from runner.tracking.sweep import SweepParents
 
         # Several sweep processes may open the same study at once: one creates the parent.
-        with _locked(info.lock_file):
+        with info.lock() if info.lock is not None else _locked(info.lock_file):
             attrs = study.user_attrs
             run_id = attrs.get(PARENT_ATTR) if attrs.get(URI_ATTR) == self.uri else None
             if run_id and not self._exists(run_id):

@@ -1,0 +1,166 @@
+"""Sweep processes sharing one Optuna study in PostgreSQL and one MLflow tracking server.
+
+Two ``python -m runner -m hydra/sweeper=optuna`` processes stand for two machines: the only
+things they share are the PostgreSQL study and the tracking server (each has its own launch
+directory, so no file lock is shared). Reuses the session's PostgreSQL and server fixtures.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from tests.conftest import ROOT, run_cli
+from tests.services import Service
+
+#: Keep the jobs cheap: no model, figures or importances.
+CHEAP = ("tracking.log_model=false", "tracking.log_figures=false", "tracking.log_importances=false")
+
+
+def _database(postgres: Service, name: str) -> str:
+    """A fresh database on the session's PostgreSQL server, as a SQLAlchemy URL."""
+    import psycopg
+
+    conninfo = postgres.url.replace("postgresql+psycopg://", "postgresql://")
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name}")
+    return postgres.url.rsplit("/", 1)[0] + "/" + name
+
+
+def _sweep(cwd: Path, server: Service, *args: str) -> subprocess.Popen[str]:
+    """One sweep process ("machine") in its own launch directory."""
+    cwd.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    return subprocess.Popen(
+        [sys.executable, "-m", "runner", "-m", "hydra/sweeper=optuna", "backend=server",
+         f"backend.uri={server.url}", *CHEAP, *args],
+        cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        # Imports find the project's packages (runner, models) from any launch directory.
+        start_new_session=True,
+    )  # fmt: skip
+
+
+def _finish(procs: list[subprocess.Popen[str]], timeout: float = 240) -> list[str]:
+    outputs = [p.communicate(timeout=timeout)[0] for p in procs]
+    return outputs
+
+
+def _study(url: str, name: str) -> Any:
+    import optuna
+
+    return optuna.load_study(study_name=name, storage=url)
+
+
+def _children(client: Any, experiment: str) -> tuple[list[Any], list[Any]]:
+    exp = client.get_experiment_by_name(experiment)
+    assert exp is not None
+    runs = client.search_runs([exp.experiment_id], max_results=1000)
+    parents = [r for r in runs if r.data.tags.get("runner.kind") == "sweep"]
+    children = [r for r in runs if r.data.tags.get("runner.kind") != "sweep"]
+    return parents, children
+
+
+def test_two_processes_share_one_study_and_one_parent(
+    workdir: Path, postgres: Service, sqlite_server: Service
+) -> None:
+    from mlflow.tracking import MlflowClient
+    from optuna.trial import TrialState
+
+    url = _database(postgres, "xm_share")
+    common = (
+        "hydra.sweeper.n_trials=6", f"hydra.sweeper.storage={url}",
+        "hydra.sweeper.study_name=xm-share", "experiment_name=xm-share", "model=logreg",
+        "model.C=tag(log, interval(0.01, 10))",
+    )  # fmt: skip
+    procs = [_sweep(workdir / f"machine-{m}", sqlite_server, *common) for m in "ab"]
+    outputs = _finish(procs)
+    assert [p.returncode for p in procs] == [0, 0], "\n".join(outputs)
+
+    trials = _study(url, "xm-share").get_trials(deepcopy=False)
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 6, trials
+    assert sorted(t.number for t in trials) == list(range(6))
+    owners = {t.system_attrs["runner.owner"] for t in trials}
+    assert len(owners) == 2, owners  # both processes ran trials
+
+    parents, children = _children(MlflowClient(sqlite_server.url), "xm-share")
+    assert len(parents) == 1, [p.info.run_id for p in parents]
+    parent = parents[0]
+    assert parent.info.status == "FINISHED"
+    assert len(children) == 6
+    assert {c.info.status for c in children} == {"FINISHED"}
+    assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parent.info.run_id}
+    numbers = sorted(int(c.data.tags["runner.trial_number"]) for c in children)
+    assert numbers == list(range(6))  # none duplicated, none missing
+    assert parent.data.metrics["n_complete"] == 6
+
+
+def _running_trial_of(url: str, name: str, pid: int) -> bool:
+    from optuna.trial import TrialState
+
+    try:
+        trials = _study(url, name).get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    except KeyError:
+        return False
+    return any(str(t.system_attrs.get("runner.owner", "")).endswith(f":{pid}") for t in trials)
+
+
+def test_a_killed_worker_is_retried_and_closed(
+    workdir: Path, postgres: Service, sqlite_server: Service
+) -> None:
+    from mlflow.tracking import MlflowClient
+    from optuna.trial import TrialState
+
+    url = _database(postgres, "xm_kill")
+    common = (
+        "hydra.sweeper.n_trials=3", f"hydra.sweeper.storage={url}",
+        "hydra.sweeper.study_name=xm-kill", "experiment_name=xm-kill",
+        "hydra.sweeper.heartbeat_interval=1", "hydra.sweeper.grace_period=3",
+        # Trials of a few seconds: the kill lands mid-trial.
+        "model=mlp", "model.epochs=60", "dataset=synthetic", "dataset.n_samples=400",
+        "lr=tag(log, interval(0.001, 0.1))",
+    )  # fmt: skip
+    victim = _sweep(workdir / "machine-b", sqlite_server, *common)
+    survivor = _sweep(workdir / "machine-a", sqlite_server, *common)
+    deadline = time.monotonic() + 120
+    while not _running_trial_of(url, "xm-kill", victim.pid):
+        assert victim.poll() is None, victim.communicate()[0]
+        assert time.monotonic() < deadline, "the victim never started a trial"
+        time.sleep(0.2)
+    time.sleep(1.0)  # into the job: its MLflow run is open
+    os.killpg(victim.pid, signal.SIGKILL)
+    victim.communicate(timeout=30)
+    out = _finish([survivor])[0]
+    assert survivor.returncode == 0, out
+
+    trials = _study(url, "xm-kill").get_trials(deepcopy=False)
+    killed = [t for t in trials if str(t.system_attrs["runner.owner"]).endswith(f":{victim.pid}")]
+    assert [t.state for t in killed if not t.system_attrs.get("runner.void")] == [
+        TrialState.COMPLETE
+    ] * sum(1 for t in killed if not t.system_attrs.get("runner.void"))
+    voided = [t for t in trials if t.system_attrs.get("runner.void")]
+    assert [t.state for t in voided] == [TrialState.FAIL], trials  # the killed one, failed
+    counted = [t for t in trials if not t.system_attrs.get("runner.void")]
+    assert [t.state for t in counted] == [TrialState.COMPLETE] * 3, trials
+    retry = [t for t in counted if t.user_attrs.get("runner.retry_of") == voided[0].number]
+    assert len(retry) == 1 and retry[0].params == voided[0].params  # re-tried by the survivor
+
+    client = MlflowClient(sqlite_server.url)
+    parents, children = _children(client, "xm-kill")
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parents[0].info.run_id}
+    assert sorted(c.info.status for c in children) == ["FINISHED"] * 3 + ["RUNNING"]
+
+    proc = run_cli(
+        "close-stale", "--older-than", "0s", "--yes", "--tracking-uri", sqlite_server.url,
+        module="runner.lifecycle", cwd=ROOT,
+    )  # fmt: skip
+    _, children = _children(client, "xm-kill")
+    statuses = sorted(c.info.status for c in children)
+    assert "RUNNING" not in statuses, proc.stdout + proc.stderr
+    assert statuses.count("FINISHED") == 3
