@@ -253,7 +253,7 @@ class OptunaSweep:
                 beat = st.Heartbeat(
                     storage,
                     lambda: [t._trial_id for t in list(self.mine.values())],
-                    storage.heartbeat_interval,
+                    storage.get_heartbeat_interval(),
                 )
             with (
                 _sigterm_as_interrupt(),
@@ -548,24 +548,31 @@ class OptunaSweep:
     def _await_others(self, study: Any) -> bool:
         """Wait for other processes' RUNNING trials; True when one died and was re-queued.
 
-        Only with the heartbeat on: then a trial of a sweep process killed on another
-        machine is failed after the grace period, and this process runs its retry instead
-        of leaving the study one trial short. Without it, other processes' trials are theirs.
+        Waiting lets the last process to finish write the study's final summary, and lets a
+        survivor run the retry of a dead process's trial instead of leaving the study one
+        trial short. With the heartbeat on it waits for trials of any machine (a dead one's
+        trial is failed after the grace period); without it only for those of live
+        processes on this host (a dead one's trial is re-queued at once): a silent process
+        on another machine could be dead, and nothing would ever end the wait.
         """
         import time
 
         from optuna.trial import TrialState
 
-        if not st.heartbeat_on(study._storage):
-            return False
-        interval = float(study._storage.heartbeat_interval)
+        beat = st.heartbeat_on(study._storage)
+        interval = float(study._storage.get_heartbeat_interval()) if beat else 0.5
         while True:
             st.fail_stale(study)
+            st.recover_stale(study, study._storage)
             trials = study.get_trials(deepcopy=False)
             if len(st.counted(trials)) < self.n_trials:
                 return True
             others = [
-                t for t in trials if t.state == TrialState.RUNNING and t.number not in self.mine
+                t
+                for t in trials
+                if t.state == TrialState.RUNNING
+                and t.number not in self.mine
+                and (beat or st.local_owner_alive(t))
             ]
             if not others:
                 return False

@@ -14,11 +14,13 @@ from runner.tracking.redact import redact_text
 
 __all__ = [
     "OWNER_ATTR",
+    "RETRY_ATTR",
     "VOID_ATTR",
     "Heartbeat",
     "counted",
     "fail_stale",
     "heartbeat_on",
+    "local_owner_alive",
     "make_storage",
     "open_study",
     "owner",
@@ -30,6 +32,8 @@ __all__ = [
 #: Trial system attrs: which process runs it, and whether it counts towards n_trials.
 OWNER_ATTR = "runner.owner"
 VOID_ATTR = "runner.void"
+#: User attr of a re-queued trial: the number of the trial it re-runs.
+RETRY_ATTR = "runner.retry_of"
 
 
 def owner() -> str:
@@ -121,10 +125,13 @@ def study_lock(spec: Any, name: str, fallback: Path) -> contextlib.AbstractConte
 
 
 def _retry_stale(study: Any, trial: Any) -> None:
-    """Optuna's callback for a trial failed by the heartbeat: void it and queue it again."""
-    study._storage.set_trial_system_attr(trial._trial_id, VOID_ATTR, True)
+    """Optuna's callback for a trial failed by the heartbeat: queue its params again.
+
+    The trial is already FAIL (no attr can be set on it any more); its retry's user attr
+    ``runner.retry_of`` is what takes it out of the count (:func:`counted`).
+    """
     if trial.params:
-        study.enqueue_trial(dict(trial.params), user_attrs={"runner.retry_of": trial.number})
+        study.enqueue_trial(dict(trial.params), user_attrs={RETRY_ATTR: trial.number})
 
 
 def make_storage(
@@ -179,8 +186,10 @@ def make_storage(
 
 
 def heartbeat_on(storage: Any) -> bool:
-    """Whether ``storage`` has Optuna's trial heartbeat turned on."""
-    return isinstance(getattr(storage, "heartbeat_interval", None), int)
+    """Whether ``storage`` (a study's, possibly Optuna's cache wrapper) beats."""
+    from optuna.storages._heartbeat import is_heartbeat_enabled
+
+    return is_heartbeat_enabled(storage)
 
 
 def fail_stale(study: Any) -> None:
@@ -239,7 +248,13 @@ def void_and_retry(study: Any, storage: Any, trial: Any) -> None:
     storage.set_trial_system_attr(trial._trial_id, VOID_ATTR, True)
     study.tell(trial.number, state=TrialState.FAIL)
     if trial.params:
-        study.enqueue_trial(dict(trial.params), user_attrs={"runner.retry_of": trial.number})
+        study.enqueue_trial(dict(trial.params), user_attrs={RETRY_ATTR: trial.number})
+
+
+def local_owner_alive(trial: Any) -> bool:
+    """Whether ``trial``'s sweep process is a live process on this host."""
+    h, _, pid = str(trial.system_attrs.get(OWNER_ATTR, "")).rpartition(":")
+    return h == socket.gethostname() and pid.isdigit() and _alive(int(pid))
 
 
 def recover_stale(study: Any, storage: Any) -> list[int]:
@@ -262,13 +277,17 @@ def recover_stale(study: Any, storage: Any) -> list[int]:
 
 
 def counted(trials: list[Any]) -> list[Any]:
-    """Trials that count towards ``n_trials``: started, and not voided by an interruption."""
+    """Trials that count towards ``n_trials``: started, not voided by an interruption, and
+    not a FAIL whose params were queued again (a trial of a process that died)."""
     from optuna.trial import TrialState
 
+    retried = {t.user_attrs.get(RETRY_ATTR) for t in trials} - {None}
     return [
         t
         for t in trials
-        if t.state != TrialState.WAITING and not t.system_attrs.get(VOID_ATTR, False)
+        if t.state != TrialState.WAITING
+        and not t.system_attrs.get(VOID_ATTR, False)
+        and not (t.state == TrialState.FAIL and t.number in retried)
     ]
 
 

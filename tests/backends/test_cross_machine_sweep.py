@@ -51,10 +51,17 @@ def _finish(procs: list[subprocess.Popen[str]], timeout: float = 240) -> list[st
     return outputs
 
 
-def _study(url: str, name: str) -> Any:
+def _trials(url: str, name: str, states: tuple[Any, ...] | None = None) -> list[Any]:
+    """The study's trials, read without leaving a pooled connection open."""
     import optuna
+    import sqlalchemy
 
-    return optuna.load_study(study_name=name, storage=url)
+    storage = optuna.storages.RDBStorage(url, engine_kwargs={"poolclass": sqlalchemy.pool.NullPool})
+    try:
+        return optuna.load_study(study_name=name, storage=storage).get_trials(states=states)
+    finally:
+        storage.remove_session()
+        storage.engine.dispose()
 
 
 def _children(client: Any, experiment: str) -> tuple[list[Any], list[Any]]:
@@ -82,7 +89,7 @@ def test_two_processes_share_one_study_and_one_parent(
     outputs = _finish(procs)
     assert [p.returncode for p in procs] == [0, 0], "\n".join(outputs)
 
-    trials = _study(url, "xm-share").get_trials(deepcopy=False)
+    trials = _trials(url, "xm-share")
     assert [t.state for t in trials] == [TrialState.COMPLETE] * 6, trials
     assert sorted(t.number for t in trials) == list(range(6))
     owners = {t.system_attrs["runner.owner"] for t in trials}
@@ -104,10 +111,23 @@ def _running_trial_of(url: str, name: str, pid: int) -> bool:
     from optuna.trial import TrialState
 
     try:
-        trials = _study(url, name).get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+        trials = _trials(url, name, states=(TrialState.RUNNING,))
     except KeyError:
         return False
     return any(str(t.system_attrs.get("runner.owner", "")).endswith(f":{pid}") for t in trials)
+
+
+def _running_run_in(client: Any, experiment: str, launch_dir: Path) -> bool:
+    """Whether a job run of ``experiment`` launched from ``launch_dir`` is RUNNING."""
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        return False
+    runs = client.search_runs([exp.experiment_id], "attributes.status = 'RUNNING'")
+    return any(
+        r.data.tags.get("runner.output_dir", "").startswith(str(launch_dir))
+        and r.data.tags.get("runner.kind") == "job"
+        for r in runs
+    )
 
 
 def test_a_killed_worker_is_retried_and_closed(
@@ -127,30 +147,30 @@ def test_a_killed_worker_is_retried_and_closed(
     )  # fmt: skip
     victim = _sweep(workdir / "machine-b", sqlite_server, *common)
     survivor = _sweep(workdir / "machine-a", sqlite_server, *common)
+    client = MlflowClient(sqlite_server.url)
     deadline = time.monotonic() + 120
-    while not _running_trial_of(url, "xm-kill", victim.pid):
+    # Kill it mid-trial: its Optuna trial RUNNING and its job's MLflow run open.
+    while not (
+        _running_trial_of(url, "xm-kill", victim.pid)
+        and _running_run_in(client, "xm-kill", workdir / "machine-b")
+    ):
         assert victim.poll() is None, victim.communicate()[0]
         assert time.monotonic() < deadline, "the victim never started a trial"
         time.sleep(0.2)
-    time.sleep(1.0)  # into the job: its MLflow run is open
     os.killpg(victim.pid, signal.SIGKILL)
     victim.communicate(timeout=30)
     out = _finish([survivor])[0]
     assert survivor.returncode == 0, out
 
-    trials = _study(url, "xm-kill").get_trials(deepcopy=False)
-    killed = [t for t in trials if str(t.system_attrs["runner.owner"]).endswith(f":{victim.pid}")]
-    assert [t.state for t in killed if not t.system_attrs.get("runner.void")] == [
-        TrialState.COMPLETE
-    ] * sum(1 for t in killed if not t.system_attrs.get("runner.void"))
-    voided = [t for t in trials if t.system_attrs.get("runner.void")]
-    assert [t.state for t in voided] == [TrialState.FAIL], trials  # the killed one, failed
-    counted = [t for t in trials if not t.system_attrs.get("runner.void")]
-    assert [t.state for t in counted] == [TrialState.COMPLETE] * 3, trials
-    retry = [t for t in counted if t.user_attrs.get("runner.retry_of") == voided[0].number]
-    assert len(retry) == 1 and retry[0].params == voided[0].params  # re-tried by the survivor
+    trials = _trials(url, "xm-kill")
+    failed = [t for t in trials if t.state == TrialState.FAIL]
+    assert len(failed) == 1, trials  # the killed trial, failed by the survivor (heartbeat)
+    assert str(failed[0].system_attrs["runner.owner"]).endswith(f":{victim.pid}")
+    others = [t for t in trials if t.state != TrialState.FAIL]
+    assert [t.state for t in others] == [TrialState.COMPLETE] * 3, trials
+    retry = [t for t in others if t.user_attrs.get("runner.retry_of") == failed[0].number]
+    assert len(retry) == 1 and retry[0].params == failed[0].params  # re-tried by the survivor
 
-    client = MlflowClient(sqlite_server.url)
     parents, children = _children(client, "xm-kill")
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parents[0].info.run_id}
