@@ -218,8 +218,14 @@ def test_two_processes_share_one_study(workdir: Path, client: Any) -> None:
         "-m",
         "runner",
         "-m",
-        "sweep=logreg_iris",
+        "hydra/sweeper=optuna",
         "hydra.sweeper.n_trials=6",
+        # Trials of about a second each (an MLP on digits), so that both processes are
+        # sure to be sampling before either could finish the study alone.
+        "model=mlp",
+        "dataset=digits",
+        "model.epochs=15",
+        "lr=tag(log, interval(0.01, 0.1))",
         *FAST,
     ]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -243,7 +249,7 @@ def test_two_processes_share_one_study(workdir: Path, client: Any) -> None:
     assert len(complete) == 6, [(t.number, t.state, t.system_attrs) for t in study.trials]
     owners = {t.system_attrs["runner.owner"] for t in complete}
     assert len(owners) == 2  # both processes ran trials
-    parent, children = _parent_and_children(client)
+    parent, children = _parent_and_children(client, "digits")
     numbers = [int(c.data.tags["runner.trial_number"]) for c in children]
     assert sorted(numbers) == sorted(t.number for t in complete)  # none twice
     assert parent.info.run_id == study.user_attrs["runner.mlflow.parent_run_id"]
