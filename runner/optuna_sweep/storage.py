@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from runner.errors import ConfigError
+from runner.locks import file_lock
 from runner.tracking.redact import redact_text
 
 __all__ = [
@@ -66,17 +67,6 @@ def resolve_storage(url: Any, launch_dir: Path, sweep_dir: Path, n_jobs: int) ->
                 "(hydra.sweeper.storage=null: in-memory)."
             )
     return url
-
-
-@contextlib.contextmanager
-def file_lock(path: Path) -> Iterator[None]:
-    """An exclusive lock on ``path`` (created), shared by every process on this host."""
-    import fcntl
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        yield
 
 
 def _advisory_key(name: str) -> int:

@@ -136,11 +136,9 @@ def ensure_store(uri: str) -> None:
     no_telemetry()
     scheme = urlparse(uri).scheme.split("+")[0]
     if scheme == "sqlite":
-        import fcntl
+        from runner.locks import file_lock
 
-        db = Path(uri[len("sqlite:///") :])
-        with Path(f"{db}.lock").open("w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
+        with file_lock(Path(f"{uri[len('sqlite:///') :]}.lock")):
             _open_store(uri)
     elif scheme == "postgresql":
         import sqlalchemy

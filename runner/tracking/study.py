@@ -10,12 +10,10 @@ the callback looks when it nests a job's run.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import json
 import logging
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +22,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from runner.best import BEST_TAG
+from runner.locks import file_lock
 
 __all__ = ["PARENT_ATTR", "StudyInfo", "StudyTracker", "study_tracker"]
 
@@ -66,14 +65,6 @@ def study_tracker(config: DictConfig) -> StudyTracker | None:
     return StudyTracker(config)
 
 
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        yield
-
-
 class StudyTracker:
     """The parent run of one study in the store the runner's jobs log to."""
 
@@ -94,7 +85,7 @@ class StudyTracker:
         from runner.tracking.sweep import SweepParents
 
         # Several sweep processes may open the same study at once: one creates the parent.
-        with info.lock() if info.lock is not None else _locked(info.lock_file):
+        with info.lock() if info.lock is not None else file_lock(info.lock_file):
             attrs = study.user_attrs
             run_id = attrs.get(PARENT_ATTR) if attrs.get(URI_ATTR) == self.uri else None
             if run_id and not self._exists(run_id):

@@ -10,11 +10,12 @@ recorded in ``<sweep dir>/.runner/parents.json`` under a file lock, never passed
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+
+from runner.locks import file_lock
 
 __all__ = ["SELF_MANAGED_SWEEPERS", "SweepParents"]
 
@@ -38,9 +39,7 @@ class SweepParents:
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[dict[str, Any]]:
-        self.dir.mkdir(parents=True, exist_ok=True)
-        with (self.dir / "parents.lock").open("w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
+        with file_lock(self.dir / "parents.lock"):
             data = json.loads(self.file.read_text()) if self.file.exists() else {}
             before = json.dumps(data, sort_keys=True)
             yield data
