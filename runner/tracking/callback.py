@@ -199,8 +199,9 @@ def _start_job(config: DictConfig) -> JobRun:
         store.log_batch(run_id, params=params)
         store.log_files(run_id, _job_artifacts(config, prov))
         store.activate(run_id)
-    except BaseException:
-        store.end_run(run_id, "FAILED")
+    except BaseException as e:
+        # Ctrl-C or SIGTERM while the run is being set up is a kill, not a failure.
+        store.end_run(run_id, "KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED")
         raise
     flush = OmegaConf.select(config, "tracking.flush_every_s", default=10.0)
     return JobRun(store, run_id, flush_every_s=float(flush))
