@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import time
 from collections.abc import Iterator, Mapping
 from typing import Any
@@ -164,10 +163,10 @@ class JobRun(NullRun):
     def finish(self, status: str, *, error: BaseException | None = None) -> None:
         """Flush, record the error (if any) and end the run with ``status``."""
         try:
+            if error is not None:  # sent with the final batch of metrics and tags
+                self._tags["runner.error"] = _describe(error)
             self.flush()
             self.flush_files()
-            if error is not None:
-                self.store.set_tag(self.run_id, "runner.error", _describe(error))
         finally:
             self.store.end_run(self.run_id, status)
 
@@ -175,9 +174,3 @@ class JobRun(NullRun):
 def _describe(error: BaseException) -> str:
     text = str(error).strip()
     return f"{type(error).__name__}: {text}" if text else type(error).__name__
-
-
-def finite(metrics: Mapping[str, float]) -> tuple[dict[str, float], list[str]]:
-    """Split metrics into the finite ones and the names of the NaN/inf ones."""
-    good = {k: float(v) for k, v in metrics.items() if math.isfinite(float(v))}
-    return good, [k for k in metrics if k not in good]

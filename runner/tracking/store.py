@@ -358,10 +358,6 @@ class Store:
                                for u in uploads[1:]]:  # fmt: skip
                     future.result()
 
-    def log_figure(self, run_id: str, figure: Any, artifact_file: str) -> None:
-        """Log a matplotlib figure as an image artifact."""
-        self.client.log_figure(run_id, figure, artifact_file)
-
     def end_run(self, run_id: str, status: str) -> None:
         """End a run with ``FINISHED``, ``FAILED`` or ``KILLED`` (and deactivate it)."""
         import mlflow
