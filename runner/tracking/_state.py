@@ -21,7 +21,6 @@ class Sweep:
 
     uri: str
     dir: Path
-    failed_jobs: int = 0
 
 
 class State:

@@ -295,8 +295,6 @@ class MLflowCallback(Callback):
                 elif result.state == "FAIL" and error is None:
                     status, error = "FAILED", RunnerError(result.error or "failed trial")
             job.finish(status, error=error)
-        if state.sweep is not None and job_return.status != JobStatus.COMPLETED:
-            state.sweep.failed_jobs += 1
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         """End the sweep's parent runs (Hydra calls this only when the sweep returns)."""
