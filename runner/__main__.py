@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import signal
 import sys
-from types import FrameType
 
 import hydra
 from omegaconf import DictConfig
@@ -34,18 +33,15 @@ def _hydra_main(cfg: DictConfig) -> float | list[float]:
     return run(cfg)
 
 
-def _terminate(signum: int, frame: FrameType | None) -> None:
-    # SIGTERM takes the same way out as Ctrl-C, so runs end KILLED instead of RUNNING.
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
 def main() -> None:
     """Entry point of ``python -m runner`` and the ``runner`` console script."""
+    from runner.interrupts import terminate
     from runner.tracking.callback import close_open_runs
 
     sys.argv[1:] = normalize_argv(sys.argv[1:])
     register()
-    signal.signal(signal.SIGTERM, _terminate)
+    # SIGTERM takes Ctrl-C's way out, so runs end KILLED instead of RUNNING.
+    signal.signal(signal.SIGTERM, terminate)
     status = "FAILED"
     try:
         _hydra_main()

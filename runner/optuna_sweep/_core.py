@@ -19,6 +19,7 @@ from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from runner.errors import ConfigError, RunnerError
+from runner.interrupts import terminate
 from runner.optuna_sweep import storage as st
 from runner.optuna_sweep.progress import Progress
 from runner.optuna_sweep.space import SearchSpace, format_value, parse_space
@@ -57,11 +58,7 @@ def _sigterm_as_interrupt() -> Iterator[None]:
         return
     previous = signal.getsignal(signal.SIGTERM)
     if previous is signal.SIG_DFL:
-
-        def _raise(signum: int, frame: Any) -> None:
-            raise KeyboardInterrupt(f"signal {signum}")
-
-        signal.signal(signal.SIGTERM, _raise)
+        signal.signal(signal.SIGTERM, terminate)
     try:
         yield
     finally:
@@ -235,19 +232,19 @@ class OptunaSweep:
         from runner.tracking.study import study_tracker  # no MLflow import without tracking
 
         tracker = study_tracker(self.config)
-        if tracker is not None:
-            tracker.open(study, info)
-        log.info(
-            "study %s (%s, storage %s): %d of %d trials to go, n_jobs=%d",
-            name,
-            info.sampler,
-            info.storage,
-            max(self.n_trials - len(st.counted(study.get_trials(deepcopy=False))), 0),
-            self.n_trials,
-            self.n_jobs,
-        )
         status, error = "KILLED", None
         try:
+            if tracker is not None:  # inside the try: a kill right after it ends the parent
+                tracker.open(study, info)
+            log.info(
+                "study %s (%s, storage %s): %d of %d trials to go, n_jobs=%d",
+                name,
+                info.sampler,
+                info.storage,
+                max(self.n_trials - len(st.counted(study.get_trials(deepcopy=False))), 0),
+                self.n_trials,
+                self.n_jobs,
+            )
             beat: Any = contextlib.nullcontext()
             if st.heartbeat_on(storage):
                 beat = st.Heartbeat(

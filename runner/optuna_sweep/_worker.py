@@ -14,9 +14,9 @@ import importlib
 import logging
 import signal
 import sys
-from types import FrameType
 from typing import Any
 
+from runner.interrupts import terminate
 from runner.trial import Outcome, TrialHandle, activate, outcome
 
 __all__ = ["init_worker", "run_trial", "run_trial_payload", "warm"]
@@ -24,14 +24,10 @@ __all__ = ["init_worker", "run_trial", "run_trial_payload", "warm"]
 log = logging.getLogger(__name__)
 
 
-def _terminate(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
 def init_worker() -> None:
     """Worker set-up: Ctrl-C is the sweep process's to handle; SIGTERM ends the job KILLED."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, _terminate)
+    signal.signal(signal.SIGTERM, terminate)
 
 
 def warm(modules: list[str]) -> int:

@@ -17,6 +17,7 @@ from hydra.core.utils import JobReturn, JobStatus
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from runner import interrupts
 from runner import trial as trial_mod
 from runner.config import register
 from runner.errors import ConfigError, RunnerError, TrackingError
@@ -194,17 +195,21 @@ def _start_job(config: DictConfig) -> JobRun:
     if multirun:
         tags["runner.job_num"] = str(hc.job.num)
         name = f"{name}-{hc.job.num}"
-    run_id = store.create_run(exp_id, name=name, tags=tags, parent_id=parent)
+    run_id: str | None = None
     try:
+        # A kill between creating the run and holding its id would leave it RUNNING.
+        with interrupts.deferred():
+            run_id = store.create_run(exp_id, name=name, tags=tags, parent_id=parent)
         store.log_batch(run_id, params=params)
         store.log_files(run_id, _job_artifacts(config, prov))
         store.activate(run_id)
+        flush = OmegaConf.select(config, "tracking.flush_every_s", default=10.0)
+        return JobRun(store, run_id, flush_every_s=float(flush))
     except BaseException as e:
         # Ctrl-C or SIGTERM while the run is being set up is a kill, not a failure.
-        store.end_run(run_id, "KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED")
+        if run_id is not None:
+            store.end_run(run_id, "KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED")
         raise
-    flush = OmegaConf.select(config, "tracking.flush_every_s", default=10.0)
-    return JobRun(store, run_id, flush_every_s=float(flush))
 
 
 def _as_runner_error(e: BaseException) -> BaseException:

@@ -8,19 +8,17 @@ explicitly activated.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import re
-import signal
 import tempfile
-import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
+from runner import interrupts
 from runner.errors import TrackingError
 from runner.tracking.redact import redact_text
 
@@ -169,20 +167,6 @@ def _open_store(uri: str) -> None:
     _get_store(uri)
 
 
-@contextlib.contextmanager
-def _signals_deferred() -> Iterator[None]:
-    """Hold SIGTERM and SIGINT back (they are delivered on exit) in the main thread."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    held = {signal.SIGTERM, signal.SIGINT}
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, held)
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, old)
-
-
 def _chunks(items: list[Any], size: int) -> Iterable[list[Any]]:
     for i in range(0, len(items), size):
         yield items[i : i + size]
@@ -205,7 +189,7 @@ class Store:
         mlflow.set_tracking_uri(uri)
         # The client creates or upgrades a SQL store's schema here; a SIGTERM in the middle
         # of a migration leaves a store no client can open, so it waits until after.
-        with _signals_deferred():
+        with interrupts.deferred():
             self.client: MlflowClient = MlflowClient(tracking_uri=uri)
 
     # -- errors ---------------------------------------------------------------------------

@@ -21,6 +21,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from runner import interrupts
 from runner.best import BEST_TAG
 from runner.locks import file_lock
 
@@ -85,7 +86,9 @@ class StudyTracker:
         from runner.tracking.sweep import SweepParents
 
         # Several sweep processes may open the same study at once: one creates the parent.
-        with info.lock() if info.lock is not None else file_lock(info.lock_file):
+        # Signals wait until its id is recorded: a kill in between would orphan it RUNNING.
+        lock = info.lock() if info.lock is not None else file_lock(info.lock_file)
+        with interrupts.deferred(), lock:
             attrs = study.user_attrs
             run_id = attrs.get(PARENT_ATTR) if attrs.get(URI_ATTR) == self.uri else None
             if run_id and not self._exists(run_id):
@@ -96,7 +99,7 @@ class StudyTracker:
                 study.set_user_attr(URI_ATTR, self.uri)
             else:
                 self.store.client.update_run(run_id, status="RUNNING")
-        self.parent_id = run_id
+            self.parent_id = run_id
         self.store.log_batch(run_id, tags={"runner.n_trials": str(info.n_trials)})
         SweepParents(info.sweep_dir).set(self.uri, self.experiment_id, run_id)
         return run_id

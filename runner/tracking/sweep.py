@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from runner import interrupts
 from runner.locks import file_lock
 
 __all__ = ["SELF_MANAGED_SWEEPERS", "SweepParents"]
@@ -61,7 +62,8 @@ class SweepParents:
         ``create`` gets the sweep's recorded overrides (or None) and returns the new run id;
         it runs under the registry's lock and must not use the registry itself.
         """
-        with self._locked() as data:
+        # Held until the new id is written: a kill in between would orphan a RUNNING parent.
+        with interrupts.deferred(), self._locked() as data:
             parents = data.setdefault("parents", {}).setdefault(uri, {})
             if experiment_id not in parents:
                 parents[experiment_id] = create(data.get("overrides"))
