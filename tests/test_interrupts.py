@@ -35,10 +35,9 @@ def _kill_self() -> None:
 
 def test_deferred_delivers_the_signal_after_the_block(sigterm_interrupts: None) -> None:
     done = []
-    with pytest.raises(KeyboardInterrupt, match="signal 15"):
-        with interrupts.deferred():
-            _kill_self()
-            done.append("rest of the block")
+    with pytest.raises(KeyboardInterrupt, match="signal 15"), interrupts.deferred():
+        _kill_self()
+        done.append("rest of the block")
     assert done == ["rest of the block"]
     assert signal.getsignal(signal.SIGTERM) is interrupts.terminate
 
