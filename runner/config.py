@@ -78,4 +78,7 @@ def register() -> None:
 
     if not OmegaConf.has_resolver("runner.by_task"):
         OmegaConf.register_new_resolver("runner.by_task", by_task)
-    ConfigStore.instance().store(name="runner_schema", node=RunnerConfig)
+    store = ConfigStore.instance()
+    # Storing converts the dataclass again (a few ms): every job calls this, three times.
+    if "runner_schema.yaml" not in store.repo:
+        store.store(name="runner_schema", node=RunnerConfig)
