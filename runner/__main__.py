@@ -36,8 +36,10 @@ def _hydra_main(cfg: DictConfig) -> float | list[float]:
 def main() -> None:
     """Entry point of ``python -m runner`` and the ``runner`` console script."""
     from runner.interrupts import terminate
+    from runner.shutdown import quick_exit
     from runner.tracking.callback import close_open_runs
 
+    quick_exit()
     sys.argv[1:] = normalize_argv(sys.argv[1:])
     register()
     # SIGTERM takes Ctrl-C's way out, so runs end KILLED instead of RUNNING.

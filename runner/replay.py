@@ -338,4 +338,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    from runner.shutdown import quick_exit
+
+    quick_exit()
     raise SystemExit(main())

@@ -124,7 +124,8 @@ class OptunaSweep:
             value = dist.choices[0] if isinstance(dist, CategoricalDistribution) else dist.low
             probe.append(f"{key}={format_value(value)}")
         try:
-            self.hydra_context.config_loader.load_sweep_config(self.config, probe)
+            # Through the composer: the first trial reuses the template composed here.
+            self._composer.compose(probe)
         except Exception as e:
             msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise ConfigError(

@@ -17,6 +17,7 @@ import sys
 from typing import Any
 
 from runner.interrupts import terminate
+from runner.shutdown import quick_exit
 from runner.trial import Outcome, TrialHandle, activate, outcome
 
 __all__ = ["init_worker", "run_trial", "run_trial_payload", "warm"]
@@ -28,6 +29,8 @@ def init_worker() -> None:
     """Worker set-up: Ctrl-C is the sweep process's to handle; SIGTERM ends the job KILLED."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, terminate)
+    # A spawned worker ends with a full interpreter shutdown; the sweep waits for it.
+    quick_exit()
 
 
 def warm(modules: list[str]) -> int:
