@@ -424,6 +424,42 @@ def test_rf_preset_with_two_jobs(workdir: Path, client: Any) -> None:
     assert len({t.system_attrs["runner.owner"] for t in study.trials}) == 1
 
 
+def test_sigterm_with_two_jobs_ends_every_run(workdir: Path, client: Any) -> None:
+    """SIGTERM to an n_jobs=2 sweep: both workers' runs end KILLED, their trials re-queued."""
+    from optuna.trial import TrialState
+
+    args = ["-m", "sweep=rf_wine", "hydra.sweeper.n_trials=6", "hydra.sweeper.n_jobs=2"]
+    # 3000 trees: each trial lasts seconds, so both are running when the signal lands.
+    args += ["model.n_estimators=3000", *FAST]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "runner", *args],
+        cwd=workdir,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        exp = client.get_experiment_by_name("wine")
+        running = exp and client.search_runs(
+            [exp.experiment_id], "tags.runner.kind = 'job' and attributes.status = 'RUNNING'"
+        )
+        if running and len(running) == 2:  # both workers are inside their jobs
+            break
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 130, out
+    parent, children = _parent_and_children(client, "wine")
+    assert parent.info.status == "KILLED"
+    assert len(children) == 2, out
+    assert {c.info.status for c in children} == {"KILLED"}, out
+    study = _study(workdir)
+    assert not any(t.state == TrialState.RUNNING for t in study.trials)
+    assert not any(t.state == TrialState.COMPLETE for t in study.trials)
+
+
 def test_space_follows_hydra_grammar() -> None:
     from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 

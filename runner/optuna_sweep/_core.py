@@ -195,9 +195,50 @@ class OptunaSweep:
     # -- the sweep ------------------------------------------------------------------------
     def run(self, arguments: list[str]) -> Any:
         """Run trials until the study holds ``n_trials``; write optimization_results.yaml."""
+        setup_globals()
+        # Worker processes start, and import what a job needs, while this process opens the
+        # study: their start-up is no longer added to the sweep's.
+        self._pool = self._start_pool() if self.n_jobs > 1 else None
+        try:
+            return self._run(arguments)
+        except BaseException:
+            self._stop_workers()
+            raise
+        finally:
+            if self._pool is not None:
+                self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def _start_pool(self) -> cf.ProcessPoolExecutor:
+        import sys
+
+        from runner.optuna_sweep import _worker
+
+        pool = cf.ProcessPoolExecutor(
+            max_workers=self.n_jobs,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=_worker.init_worker,
+        )
+        modules = ["optuna", "hydra.core.utils", "runner.app", *_target_modules(self.config)]
+        if "runner.tracking.callback" in sys.modules:
+            modules += ["mlflow", "runner.tracking.callback"]
+        for _ in range(self.n_jobs):
+            pool.submit(_worker.warm, modules)
+        return pool
+
+    def _stop_workers(self) -> None:
+        """Interrupted or failed: SIGTERM the workers (a job ends its run KILLED), once, and
+        wait for them."""
+        pool, self._pool = self._pool, None
+        if pool is None:
+            return
+        for proc in list((getattr(pool, "_processes", None) or {}).values()):
+            if proc.is_alive() and proc.pid:
+                os.kill(proc.pid, signal.SIGTERM)
+        pool.shutdown(wait=True, cancel_futures=True)
+
+    def _run(self, arguments: list[str]) -> Any:
         import optuna
 
-        setup_globals()
         raw: Any = self.sc.direction
         directions = _directions(OmegaConf.to_container(raw) if OmegaConf.is_list(raw) else raw)
         params = OmegaConf.to_container(self.sc.params, resolve=False) if self.sc.params else {}
@@ -450,17 +491,10 @@ class OptunaSweep:
 
         from runner.optuna_sweep import _worker
 
-        ctx = multiprocessing.get_context("spawn")
-        pool = cf.ProcessPoolExecutor(
-            max_workers=self.n_jobs, mp_context=ctx, initializer=_worker.init_worker
-        )
-        warm = ["optuna", "hydra.core.utils"]
-        if "runner.tracking.callback" in __import__("sys").modules:
-            warm += ["mlflow", "runner.tracking.callback", "runner.app"]
+        pool = self._pool
+        assert pool is not None
         running: dict[cf.Future[Any], Any] = {}
         try:
-            # Start every worker and import the job's modules before the first trial.
-            list(pool.map(_worker.warm, [warm] * self.n_jobs))
             stop = False
             while True:
                 while not stop and len(running) < self.n_jobs:
@@ -504,12 +538,8 @@ class OptunaSweep:
                         self._drain(study, running, progress)
                         raise
         except BaseException:
-            for proc in list((getattr(pool, "_processes", None) or {}).values()):
-                if proc.is_alive() and proc.pid:
-                    os.kill(proc.pid, signal.SIGTERM)  # the job ends its run KILLED
+            self._stop_workers()  # before the study is closed, their runs end KILLED
             raise
-        finally:
-            pool.shutdown(wait=True, cancel_futures=True)
 
     def _await_others(self, study: Any) -> bool:
         """Wait for other processes' RUNNING trials; True when one died and was re-queued.
@@ -663,3 +693,16 @@ class OptunaSweep:
             value = study.best_value
             return value if math.isfinite(value) else None
         return [list(t.values) for t in study.best_trials]
+
+
+def _target_modules(config: DictConfig) -> list[str]:
+    """The modules of the model and dataset ``_target_`` a job instantiates (to pre-import)."""
+    modules = []
+    for key in ("model._target_", "dataset._target_"):
+        try:
+            target = OmegaConf.select(config, key, default=None)
+        except Exception:  # an interpolation only a job can resolve
+            continue
+        if isinstance(target, str) and "." in target:
+            modules.append(target.rsplit(".", 1)[0])
+    return modules
