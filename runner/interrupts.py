@@ -26,13 +26,17 @@ def terminate(signum: int, frame: FrameType | None) -> NoReturn:
 
 
 @contextlib.contextmanager
-def deferred() -> Iterator[None]:
+def deferred(*, drop: bool = False) -> Iterator[None]:
     """Hold SIGTERM and SIGINT back until the block ends, then deliver the first one received.
 
     Python runs signal handlers in the main thread only, so the handlers are swapped rather
     than the thread's signal mask: a signal that another thread (MLflow's, SQLAlchemy's)
     receives is held as well. Outside the main thread this does nothing (no handler runs
     there anyway).
+
+    Args:
+        drop: Forget held signals instead (the clean-up on the way out of a process: a
+            second Ctrl-C must not cut it short, and the process ends anyway).
     """
     if threading.current_thread() is not threading.main_thread():
         yield
@@ -51,6 +55,6 @@ def deferred() -> Iterator[None]:
     finally:
         for s, h in previous.items():
             signal.signal(s, h)
-        if received:
+        if received and not drop:
             # The restored handler runs now: KeyboardInterrupt leaves the `with` here.
             signal.raise_signal(received[0])

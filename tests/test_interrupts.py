@@ -109,3 +109,28 @@ def test_kill_while_a_sweep_parent_is_created_records_it(
     state.sweep = Sweep(uri=store.uri, dir=sweep_dir)
     close_open_runs("KILLED")
     assert client.get_run(parent).info.status == "KILLED"
+
+
+def test_kill_while_a_run_is_ended_still_ends_it(
+    client: Any, workdir: Path, monkeypatch: pytest.MonkeyPatch, sigterm_interrupts: None
+) -> None:
+    from runner.tracking.callback import _start_job
+    from runner.tracking.store import Store
+
+    job = _start_job(_job_config(workdir, "RUN"))
+    end = Store.end_run
+
+    def kill_then_end(self: Store, run_id: str, status: str) -> None:
+        _kill_self()
+        end(self, run_id, status)
+
+    monkeypatch.setattr(Store, "end_run", kill_then_end)
+    with pytest.raises(KeyboardInterrupt):
+        job.finish("FINISHED")
+    assert client.get_run(job.run_id).info.status == "FINISHED"
+
+
+def test_dropped_signals_do_not_interrupt(sigterm_interrupts: None) -> None:
+    with interrupts.deferred(drop=True):
+        _kill_self()
+    assert signal.getsignal(signal.SIGTERM) is interrupts.terminate

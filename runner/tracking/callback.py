@@ -273,6 +273,12 @@ class MLflowCallback(Callback):
 
     def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
         """End the job's run: FINISHED, or FAILED with the error as a tag."""
+        # Held from here: the run leaves the process state before it is ended.
+        with interrupts.deferred():
+            self._end_job(job_return)
+
+    @staticmethod
+    def _end_job(job_return: JobReturn) -> None:
         job, state.job, state.job_error = state.job, None, None
         trial = trial_mod.current()
         if isinstance(job, JobRun):
@@ -336,8 +342,14 @@ def close_open_runs(status: str, error: BaseException | None = None) -> None:
     """End whatever this process left open: its job's run and its sweep's parents.
 
     The entry point calls this on every way out (success, error, Ctrl-C, SIGTERM), since
-    Hydra calls ``on_multirun_end`` only when a sweep returns normally.
+    Hydra calls ``on_multirun_end`` only when a sweep returns normally. A second Ctrl-C
+    meanwhile is ignored: it would leave the rest RUNNING.
     """
+    with interrupts.deferred(drop=True):
+        _close_open_runs(status, error)
+
+
+def _close_open_runs(status: str, error: BaseException | None) -> None:
     job, state.job = state.job, None
     if isinstance(job, JobRun):
         try:

@@ -13,6 +13,7 @@ import time
 from collections.abc import Iterator, Mapping
 from typing import Any
 
+from runner import interrupts
 from runner.tracking.store import Store
 
 __all__ = ["JobRun", "NullRun"]
@@ -161,14 +162,19 @@ class JobRun(NullRun):
             mlflow.sklearn.autolog(disable=True)
 
     def finish(self, status: str, *, error: BaseException | None = None) -> None:
-        """Flush, record the error (if any) and end the run with ``status``."""
-        try:
-            if error is not None:  # sent with the final batch of metrics and tags
-                self._tags["runner.error"] = _describe(error)
-            self.flush()
-            self.flush_files()
-        finally:
-            self.store.end_run(self.run_id, status)
+        """Flush, record the error (if any) and end the run with ``status``.
+
+        Ctrl-C or SIGTERM waits until the run is ended: an interrupt inside ``end_run``
+        would leave it RUNNING, with nobody left to end it.
+        """
+        with interrupts.deferred():
+            try:
+                if error is not None:  # sent with the final batch of metrics and tags
+                    self._tags["runner.error"] = _describe(error)
+                self.flush()
+                self.flush_files()
+            finally:
+                self.store.end_run(self.run_id, status)
 
 
 def _describe(error: BaseException) -> str:
