@@ -49,6 +49,18 @@ def _results(workdir: Path) -> dict[str, Any]:
     return yaml.safe_load(path.read_text())
 
 
+def _start(workdir: Path, args: list[str]) -> subprocess.Popen[str]:
+    """``python -m runner *args`` in the background (to signal it), output in one pipe."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "runner", *args],
+        cwd=workdir,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
 def test_parent_children_best_and_plots(workdir: Path, client: Any) -> None:
     proc = run_cli(
         "-m",
@@ -96,14 +108,7 @@ def test_parent_children_best_and_plots(workdir: Path, client: Any) -> None:
 def test_resume_after_sigterm(workdir: Path, client: Any, tracking_uri: str) -> None:
     # 300 boosting rounds: a trial lasts long enough for the signal to land inside it.
     args = ["-m", "sweep=xgb_iris", "hydra.sweeper.n_trials=6", "model.n_estimators=300", *FAST]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "runner", *args],
-        cwd=workdir,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    proc = _start(workdir, args)
     from optuna.trial import TrialState
 
     # Trial k's job directory appears when trial k starts (n_jobs=1): once "2" exists,
@@ -431,14 +436,7 @@ def test_sigterm_with_two_jobs_ends_every_run(workdir: Path, client: Any) -> Non
     args = ["-m", "sweep=rf_wine", "hydra.sweeper.n_trials=6", "hydra.sweeper.n_jobs=2"]
     # 3000 trees: each trial lasts seconds, so both are running when the signal lands.
     args += ["model.n_estimators=3000", *FAST]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "runner", *args],
-        cwd=workdir,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    proc = _start(workdir, args)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and proc.poll() is None:
         exp = client.get_experiment_by_name("wine")
