@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -220,8 +221,8 @@ def control(code: str = _SPIN) -> float:
 def main(argv: list[str] | None = None) -> int:
     """Run both benchmarks, alternating the two sides, and print the figures.
 
-    The machine is shared: each side runs ``--repeat`` times, alternating with the other,
-    and the best time of each side is compared (the least disturbed run).
+    The machine is shared and its speed drifts: each repeat runs both sides back to back,
+    and the median of those paired ratios is reported (every sample is printed).
     """
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--trials", type=int, default=30)
@@ -238,10 +239,12 @@ def main(argv: list[str] | None = None) -> int:
             tracked.append(t)
             plain.append(p)
             print(f"  overhead sample: tracked {t:.1f} s, plain {p:.1f} s", flush=True)
-        t, p = min(tracked), min(plain)
+        ratio = statistics.median(t / p for t, p in zip(tracked, plain, strict=True))
         print(
-            f"overhead ({args.trials} TPE trials, logreg/iris, best of {args.repeat}): tracked "
-            f"sweep {t:.1f} s, plain script {p:.1f} s, ratio {t / p:.2f} (target <= 1.15)",
+            f"overhead ({args.trials} TPE trials, logreg/iris, {args.repeat} pairs): tracked "
+            f"sweep {statistics.median(tracked):.1f} s, plain script "
+            f"{statistics.median(plain):.1f} s (medians); ratio {ratio:.2f} (median of the "
+            "paired ratios; target <= 1.15)",
             flush=True,
         )
     if not args.skip_parallel:
@@ -257,19 +260,18 @@ def main(argv: list[str] | None = None) -> int:
                 f"{ceiling[-1]:.2f}x one (arithmetic), {forests[-1]:.2f}x (the forests alone)",
                 flush=True,
             )
-        w1, s1 = min(x[0] for x in one), min(x[1] for x in one)
-        w2, s2 = min(x[0] for x in two), min(x[1] for x in two)
-        n = args.parallel_trials
+        # Each sample runs both sides back to back: paired ratios, as in _common.compare.
+        wall = statistics.median(a[0] / b[0] for a, b in zip(one, two, strict=True))
+        window = statistics.median(a[1] / b[1] for a, b in zip(one, two, strict=True))
         print(
-            f"parallel ({n} uneven rf/digits trials, best of {args.repeat}): n_jobs=1 "
-            f"{w1:.1f} s wall / {s1:.1f} s trials, n_jobs=2 {w2:.1f} s wall / {s2:.1f} s "
-            f"trials; throughput ratio {w1 / w2:.2f} wall, {s1 / s2:.2f} trial window "
-            "(target >= 1.7)"
+            f"parallel ({args.parallel_trials} uneven rf/digits trials, {args.repeat} pairs): "
+            f"throughput ratio n_jobs=2 / n_jobs=1 {wall:.2f} wall, {window:.2f} trial "
+            "window (medians of the paired ratios; target >= 1.7)"
         )
         print(
-            f"machine ceiling for 2 processes (best of {args.repeat}): {max(ceiling):.2f}x "
-            f"for arithmetic (2.00 on two idle cores), {max(forests):.2f}x for the trials' "
-            "forests without the runner"
+            f"machine ceiling for 2 processes (medians): {statistics.median(ceiling):.2f}x "
+            f"for arithmetic (2.00 on two idle cores), {statistics.median(forests):.2f}x for "
+            "the trials' forests without the runner"
         )
     print(f"load average after: {os.getloadavg()[0]:.1f}")
     return 0
