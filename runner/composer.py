@@ -44,14 +44,19 @@ class JobComposer:
         self.master = master
         self._templates: dict[tuple[str, ...], DictConfig] = {}
         self._repo: Any = None
+        # Every job of a sweep asks about the same keys; each answer is a lookup in every
+        # config source (files, packages).
+        self._groups: dict[str, bool] = {}
 
     def __getstate__(self) -> dict[str, Any]:
         # Process launchers pickle the loader into every job: ship no templates.
-        return {**self.__dict__, "_templates": {}, "_repo": None}
+        return {**self.__dict__, "_templates": {}, "_repo": None, "_groups": {}}
 
     def _is_group(self, key: str) -> bool:
         # The same test Hydra applies (defaults_list.Overrides), on the config sources the
         # sweep's own config was composed from: --config-dir and hydra.searchpath included.
+        if key in self._groups:
+            return self._groups[key]
         if self._repo is None:
             from hydra._internal.config_repository import ConfigRepository
             from hydra._internal.config_search_path_impl import ConfigSearchPathImpl
@@ -60,7 +65,8 @@ class JobComposer:
             for source in self.master.hydra.runtime.config_sources:
                 path.append(source.provider, f"{source.schema}://{source.path}")
             self._repo = ConfigRepository(path)
-        return bool(self._repo.group_exists(key))
+        self._groups[key] = bool(self._repo.group_exists(key))
+        return self._groups[key]
 
     def _plain(self, override: Override) -> bool:
         """True for an override Hydra applies to the composed config (no defaults change)."""
@@ -73,8 +79,14 @@ class JobComposer:
         from hydra._internal.config_loader_impl import ConfigLoaderImpl, get_overrides_dirname
 
         parsed = OverridesParser.create().parse_overrides(list(overrides))
-        plain = [o for o in parsed if self._plain(o)]
-        key = tuple(str(o.input_line) for o in parsed if not self._plain(o))
+        plain: list[Override] = []
+        grouped: list[str] = []
+        for o in parsed:
+            if self._plain(o):
+                plain.append(o)
+            else:
+                grouped.append(str(o.input_line))
+        key = tuple(grouped)
         template = self._templates.get(key)
         if template is None:
             if len(self._templates) >= MAX_TEMPLATES:
