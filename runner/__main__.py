@@ -35,7 +35,7 @@ def _hydra_main(cfg: DictConfig) -> float | list[float]:
 
 def main() -> None:
     """Entry point of ``python -m runner`` and the ``runner`` console script."""
-    from runner.interrupts import terminate
+    from runner.interrupts import handled, terminate
     from runner.shutdown import quick_exit
     from runner.tracking.callback import close_open_runs
 
@@ -50,6 +50,7 @@ def main() -> None:
         status = "FINISHED"
     except KeyboardInterrupt:
         status = "KILLED"
+        handled()
         print("interrupted: open runs were ended as KILLED", file=sys.stderr)
         raise SystemExit(130) from None
     except SystemExit as e:

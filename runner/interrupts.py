@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from types import FrameType
 from typing import NoReturn
 
-__all__ = ["deferred", "terminate"]
+__all__ = ["deferred", "handled", "terminate"]
 
 _HELD = (signal.SIGTERM, signal.SIGINT)
 
@@ -23,6 +23,18 @@ _HELD = (signal.SIGTERM, signal.SIGINT)
 def terminate(signum: int, frame: FrameType | None) -> NoReturn:
     """A SIGTERM handler that raises ``KeyboardInterrupt``, as Ctrl-C does."""
     raise KeyboardInterrupt(f"signal {signum}")
+
+
+def handled() -> None:
+    """Say that a caught ``KeyboardInterrupt`` was handled, so the exit status chosen stands.
+
+    CPython remembers a ``KeyboardInterrupt`` that propagated out of an ``exec`` or ``eval``
+    of a string (the frames that ``dataclasses`` and ``namedtuple`` run while a module is
+    imported, so a lazy import is enough) and, at exit, kills the process with SIGINT
+    instead of returning the status the program chose. Each such ``exec`` starts by
+    clearing that memory, so an empty one does it. Call it where the interrupt is caught.
+    """
+    exec("")
 
 
 @contextlib.contextmanager

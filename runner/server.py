@@ -20,10 +20,10 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import FrameType
 from urllib.parse import urlparse
 
 from runner.errors import ConfigError, RunnerError, TrackingError
+from runner.interrupts import handled, terminate
 
 __all__ = ["ServerPlan", "main", "plan"]
 
@@ -227,10 +227,6 @@ def stop(proc: subprocess.Popen[bytes], *, grace: float = 15.0) -> None:
         pass
 
 
-def _terminate(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
 def main(argv: list[str] | None = None) -> int:
     """Start an MLflow tracking server for a backend config; see the module docstring."""
     parser = argparse.ArgumentParser(
@@ -274,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
     except RunnerError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    previous = signal.signal(signal.SIGTERM, _terminate)
+    previous = signal.signal(signal.SIGTERM, terminate)
     proc = subprocess.Popen(p.command, env={**os.environ, **p.env}, start_new_session=True)
     try:
         wait_healthy(p.url, proc, timeout=args.startup_timeout)
@@ -294,6 +290,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
+        handled()
         print("stopping the MLflow server", file=sys.stderr, flush=True)
         return 0
     finally:

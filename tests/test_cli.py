@@ -258,6 +258,15 @@ class MajorityClassifier:
         return np.full(len(X), self.label_)
 
 
+class ExecWaitClassifier(MajorityClassifier):
+    """Fits inside an ``exec`` of a string, as a module import that builds a dataclass does."""
+
+    def fit(self, X: np.ndarray, y: np.ndarray) -> ExecWaitClassifier:
+        print("fitting in exec", flush=True)
+        exec("import time\nwhile True:\n    time.sleep(0.01)")
+        return self
+
+
 def load_tiny(*, name: str = "tiny", task: str = "classification", seed: int = 0) -> Dataset:
     """A user's own dataset loader."""
     data = load_builtin(name="iris", task=task, seed=seed)
@@ -286,3 +295,30 @@ def test_user_model_and_dataset_from_config_dir(tracking_uri: str, client, workd
     assert run.info.status == "FINISHED"
     assert run.data.params["model"] == "majority" and run.data.params["model.bias"] == "0.5"
     assert 0.2 < run.data.metrics["val_accuracy"] < 0.5
+
+
+def test_sigterm_inside_exec_still_exits_130(tracking_uri: str, client, workdir: Path) -> None:  # type: ignore[no-untyped-def]
+    # CPython would end the process by SIGINT (-2) after a KeyboardInterrupt left an exec()
+    # frame, even though the runner caught it and chose 130 (a CI failure, once).
+    conf = workdir / "myconf"
+    (conf / "model").mkdir(parents=True)
+    (conf / "model" / "wait.yaml").write_text(f"_target_: {__name__}.ExecWaitClassifier\n")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "runner", "--config-dir", str(conf), "model=wait"],
+        cwd=workdir,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"},
+    )
+    assert proc.stdout is not None
+    lines = []
+    for line in proc.stdout:
+        lines.append(line)
+        if "fitting in exec" in line:
+            break
+    proc.send_signal(signal.SIGTERM)
+    rest, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 130, "".join(lines) + rest
+    (run,) = runs_of(client, "iris")
+    assert run.info.status == "KILLED"
