@@ -494,6 +494,9 @@ class OptunaSweep:
         pool = self._pool
         assert pool is not None
         running: dict[cf.Future[Any], Any] = {}
+        # Pickled once: none of it changes during a sweep (Hydra's joblib launcher, too, takes
+        # the singletons' state once per batch).
+        sweep = cloudpickle.dumps((self.hydra_context, self.task_function, Singleton.get_state()))
         try:
             stop = False
             while True:
@@ -507,15 +510,9 @@ class OptunaSweep:
                     if config is None:
                         continue
                     payload = cloudpickle.dumps(
-                        (
-                            self.hydra_context,
-                            self.task_function,
-                            config,
-                            Singleton.get_state(),
-                            self._ref(trial, spec, directions, pruner),
-                        )
+                        (config, self._ref(trial, spec, directions, pruner))
                     )
-                    running[pool.submit(_worker.run_trial_payload, payload)] = trial
+                    running[pool.submit(_worker.run_trial_payload, sweep, payload)] = trial
                     self._show(study, progress)
                 if not running:
                     if stop and self._await_others(study):
