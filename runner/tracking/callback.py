@@ -145,11 +145,12 @@ def _redact_hydra_files(config: DictConfig) -> None:
         redact_file(_sweep_dir(config) / "multirun.yaml")
 
 
-def _job_artifacts(config: DictConfig, prov: provenance.Provenance) -> dict[str, str]:
+def _job_artifacts(
+    config: DictConfig, public: dict[str, Any], prov: provenance.Provenance
+) -> dict[str, str]:
     import yaml
 
-    resolved = public_config(config, skip=frozenset({"hydra"}))
-    files = {"config.yaml": yaml.safe_dump(resolved, sort_keys=False)}
+    files = {"config.yaml": yaml.safe_dump(public, sort_keys=False)}
     out = OmegaConf.select(config, "hydra.runtime.output_dir", default=None)
     sub = OmegaConf.select(config, "hydra.output_subdir", default=None)
     if out and sub:
@@ -175,7 +176,9 @@ def _start_job(config: DictConfig) -> JobRun:
             store.uri, exp_id, lambda rec: _create_parent(store, exp_id, config, sweep_dir, rec)
         )
     choices: Mapping[str, Any] = OmegaConf.to_container(hc.runtime.choices)  # type: ignore[assignment]
-    params = config_params(config, choices)
+    # The logged config.yaml and the params come from one resolved, redacted copy.
+    public = public_config(config, skip=frozenset({"hydra"}))
+    params = config_params(public, choices)
     prov = provenance.collect(_launch_dir(config))
     tags = _common_tags(config, store)
     overrides = _overrides(config)
@@ -201,7 +204,7 @@ def _start_job(config: DictConfig) -> JobRun:
         with interrupts.deferred():
             run_id = store.create_run(exp_id, name=name, tags=tags, parent_id=parent)
         store.log_batch(run_id, params=params)
-        store.log_files(run_id, _job_artifacts(config, prov))
+        store.log_files(run_id, _job_artifacts(config, public, prov))
         store.activate(run_id)
         flush = OmegaConf.select(config, "tracking.flush_every_s", default=10.0)
         return JobRun(store, run_id, flush_every_s=float(flush))

@@ -99,15 +99,22 @@ def public_config(cfg: DictConfig, *, skip: frozenset[str] = NOT_PARAMS) -> dict
     return result
 
 
-def config_params(cfg: DictConfig, choices: Mapping[str, str] | None = None) -> dict[str, str]:
+def config_params(
+    cfg: DictConfig | Mapping[str, Any], choices: Mapping[str, str] | None = None
+) -> dict[str, str]:
     """The params of a job: every leaf of :func:`public_config`, plus the group choices.
 
     Args:
-        cfg: The job's config (with or without the ``hydra`` node; it is skipped).
+        cfg: The job's config (with or without the ``hydra`` node; it is skipped), or its
+            :func:`public_config` already made (resolving and redacting is most of the cost).
         choices: Hydra's ``runtime.choices``; each non-Hydra group except ``backend``
             becomes a param named after the group (``model`` = ``xgb``).
     """
-    params = {_key(path): stringify(value) for path, value in flatten(public_config(cfg))}
+    public = public_config(cfg) if isinstance(cfg, DictConfig) else cfg
+    params = {
+        _key(path): stringify(value)
+        for path, value in flatten({k: v for k, v in public.items() if k not in NOT_PARAMS})
+    }
     for group, option in (choices or {}).items():
         if group.startswith("hydra/") or group == "hydra" or group.split("/")[0] in NOT_PARAMS:
             continue
