@@ -2,9 +2,9 @@
 
 ``n_jobs > 1`` uses a pool of worker processes (spawned, so no SQLite connection, thread or
 lock of the sweep process is inherited) that each run whole Hydra jobs with
-``hydra.core.utils.run_job``, as Hydra's joblib launcher does. Hydra's launcher API launches
-batches and returns when the whole batch is done; running jobs one by one from a pool lets a
-new trial start as soon as any slot frees.
+:func:`runner.hydra_job.run_job` (Hydra's ``run_job`` with fewer copies), as Hydra's joblib
+launcher does. Hydra's launcher API launches batches and returns when the whole batch is
+done; running jobs one by one from a pool lets a new trial start as soon as any slot frees.
 """
 
 from __future__ import annotations
@@ -62,7 +62,9 @@ def run_trial(
     Raises:
         KeyboardInterrupt: Ctrl-C or SIGTERM; the job's run was ended KILLED.
     """
-    from hydra.core.utils import JobStatus, run_job
+    from hydra.core.utils import JobStatus
+
+    from runner.hydra_job import run_job
 
     with activate(handle):
         try:
