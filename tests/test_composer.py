@@ -156,3 +156,24 @@ def test_grid_is_the_default_sweeper() -> None:
     assert cfg.hydra.sweeper._target_.endswith("runner_grid_sweeper.grid_sweeper.GridSweeper")
     basic = compose_cfg(["hydra/sweeper=basic"], hydra=True)
     assert basic.hydra.sweeper._target_.endswith("basic_sweeper.BasicSweeper")
+
+
+@pytest.mark.parametrize(
+    ("launcher", "expected"), [("basic", "_Launcher"), ("joblib", "JoblibLauncher")]
+)
+def test_grid_jobs_run_through_the_runners_run_job_under_the_basic_launcher(
+    loader: Any, launcher: str, expected: str
+) -> None:
+    from hydra.types import HydraContext
+
+    from hydra_plugins.runner_grid_sweeper.grid_sweeper import GridSweeper
+
+    master = _master(loader, [f"hydra/launcher={launcher}", "lr=0.1,0.2"])
+    sweeper = GridSweeper(max_batch_size=None, params=None)
+    sweeper.setup(
+        hydra_context=HydraContext(config_loader=loader, callbacks=None),  # type: ignore[arg-type]
+        task_function=lambda cfg: 0.0,
+        config=master,
+    )
+    # Hydra's basic launcher becomes ours (runner.hydra_job.run_job); others stay Hydra's.
+    assert type(sweeper.launcher).__name__ == expected
