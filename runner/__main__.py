@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import signal
 import sys
 
 import hydra
@@ -29,24 +28,32 @@ def normalize_argv(argv: list[str]) -> list[str]:
 @hydra.main(version_base="1.3", config_path=CONFIG_MODULE, config_name="config")
 def _hydra_main(cfg: DictConfig) -> float | list[float]:
     from runner.app import run
+    from runner.interrupts import interruptible
 
-    return run(cfg)
+    # The task is the user's code: a signal stops it at once (elsewhere it waits for a
+    # safe point, see runner.interrupts).
+    with interruptible():
+        return run(cfg)
 
 
 def main() -> None:
     """Entry point of ``python -m runner`` and the ``runner`` console script."""
-    from runner.interrupts import handled, terminate
+    from runner.interrupts import checkpoint, handled, install
     from runner.shutdown import quick_exit
     from runner.tracking.callback import close_open_runs
 
     quick_exit()
     sys.argv[1:] = normalize_argv(sys.argv[1:])
     register()
-    # SIGTERM takes Ctrl-C's way out, so runs end KILLED instead of RUNNING.
-    signal.signal(signal.SIGTERM, terminate)
+    # SIGTERM takes Ctrl-C's way out, so runs end KILLED instead of RUNNING; both wait for
+    # a safe point outside the user's code.
+    install()
     status = "FAILED"
     try:
         _hydra_main()
+        # A signal that came after the last safe point: the work is done, but the user
+        # asked to stop, and the exit status says so.
+        checkpoint()
         status = "FINISHED"
     except KeyboardInterrupt:
         status = "KILLED"

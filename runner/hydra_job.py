@@ -31,6 +31,8 @@ from hydra.core.utils import run_job as hydra_run_job
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
+from runner.interrupts import interruptible
+
 __all__ = ["run_job", "task_config"]
 
 
@@ -108,7 +110,9 @@ def run_job(
         with env_override(hydra_cfg.hydra.job.env_set):
             callbacks.on_job_start(config=config, task_function=task_function)
             try:
-                ret.return_value = task_function(task_cfg)
+                # The task is the user's code: a signal stops it at once.
+                with interruptible():
+                    ret.return_value = task_function(task_cfg)
                 ret.status = JobStatus.COMPLETED
             except Exception as e:
                 ret.return_value = e

@@ -25,6 +25,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from runner import interrupts
+
 __all__ = [
     "Outcome",
     "TrialHandle",
@@ -66,6 +68,7 @@ class TrialHandle:
         self._trial = trial
 
     @property
+    @interrupts.fenced
     def trial(self) -> Any:
         """The ``optuna.trial.Trial`` (loaded from the storage on first use in a worker)."""
         if self._trial is None:
@@ -86,6 +89,7 @@ class TrialHandle:
         """Whether reports are used at all (a pruner is set; single objective)."""
         return self.ref.pruning and len(self.ref.directions) == 1
 
+    @interrupts.fenced
     def report(self, value: float, step: int, *, lower_is_better: bool | None = None) -> None:
         """Report an intermediate value at ``step`` (see the module docstring)."""
         if not self.pruning or not math.isfinite(float(value)):
@@ -97,6 +101,7 @@ class TrialHandle:
             value = -value
         self.trial.report(value, int(step))
 
+    @interrupts.fenced
     def should_prune(self) -> bool:
         """Whether the pruner wants this trial stopped now."""
         return self.pruning and bool(self.trial.should_prune())

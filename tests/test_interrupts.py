@@ -1,11 +1,15 @@
-"""A kill at the wrong moment never leaves a run RUNNING that nobody will end.
+"""A kill at the wrong moment never lands inside the runner's I/O, nor leaves a run RUNNING.
 
-The CLI-level tests (SIGTERM to a sweep) cannot aim at the instant between creating a run
-and recording its id; these send the signal exactly there.
+Two modes: the runner's own processes (:func:`runner.interrupts.install`: signals wait for a
+safe point, and raise at once only inside the user's code), and an app of the user's that
+keeps Python's handlers (the runner's writes are still held). The CLI-level tests
+(``tests/test_faults.py``) send the signal at many moments of a real process's life; these
+aim at single instants, in process.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 from collections.abc import Iterator
@@ -13,6 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as hs
 from omegaconf import open_dict
 
 from runner import interrupts
@@ -29,21 +35,175 @@ def sigterm_interrupts() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def _kill_self() -> None:
-    os.kill(os.getpid(), signal.SIGTERM)
+@pytest.fixture
+def cooperative() -> Iterator[None]:
+    """The runner's own processes: :func:`runner.interrupts.install`, undone afterwards."""
+    previous = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+    interrupts.install()
+    try:
+        yield
+    finally:
+        interrupts._state.__init__()  # type: ignore[misc]
+        for s, h in previous.items():
+            signal.signal(s, h)
 
 
-def test_deferred_delivers_the_signal_after_the_block(sigterm_interrupts: None) -> None:
+def _kill_self(signum: int = signal.SIGTERM) -> None:
+    os.kill(os.getpid(), signum)
+    # Python runs the handler at the next bytecode; make sure it has run before returning.
+    for _ in range(3):
+        pass
+
+
+def test_cooperative_signal_waits_for_a_checkpoint(cooperative: None) -> None:
     done = []
-    with pytest.raises(KeyboardInterrupt, match="signal 15"), interrupts.deferred():
+    with interrupts.held():
+        _kill_self()
+        done.append("rest of the block")
+    done.append("the runner's code after the block")
+    assert interrupts.pending() == signal.SIGTERM
+    with pytest.raises(KeyboardInterrupt, match="signal 15"):
+        interrupts.checkpoint()
+    assert done == ["rest of the block", "the runner's code after the block"]
+    assert interrupts.pending() is None
+    interrupts.checkpoint()  # acted on once
+
+
+def test_cooperative_signal_raises_at_once_in_the_users_code(cooperative: None) -> None:
+    done = []
+    with pytest.raises(KeyboardInterrupt), interrupts.interruptible():
+        _kill_self(signal.SIGINT)
+        done.append("never")
+    assert done == []
+    assert interrupts.pending() is None
+
+
+def test_a_waiting_signal_stops_the_users_code_before_it_starts(cooperative: None) -> None:
+    _kill_self()
+    started = []
+    with pytest.raises(KeyboardInterrupt), interrupts.interruptible():
+        started.append(True)
+    assert started == []
+
+
+def test_held_inside_the_users_code_delivers_when_the_block_ends(cooperative: None) -> None:
+    done = []
+    with pytest.raises(KeyboardInterrupt), interrupts.interruptible():
+        with interrupts.held():  # a store call made from inside a fit
+            _kill_self()
+            done.append("the store call finished")
+        done.append("never: the user's code stops here")
+    assert done == ["the store call finished"]
+
+
+def test_a_second_signal_means_now(cooperative: None) -> None:
+    done = []
+    with pytest.raises(KeyboardInterrupt), interrupts.held():
+        _kill_self()
+        done.append("first held")
+        _kill_self(signal.SIGINT)
+        done.append("never")
+    assert done == ["first held"]
+
+
+def test_the_final_clean_up_is_never_cut_short(cooperative: None) -> None:
+    done = []
+    with interrupts.held(drop=True):
+        _kill_self()
+        _kill_self(signal.SIGINT)  # not even a second signal
+        done.append("every run ended")
+    assert done == ["every run ended"]
+    # Still remembered: the process exits as interrupted.
+    with pytest.raises(KeyboardInterrupt):
+        interrupts.checkpoint()
+    interrupts.checkpoint()
+
+
+def test_fenced_calls_hold_signals(cooperative: None) -> None:
+    @interrupts.fenced
+    def write() -> str:
+        _kill_self()
+        return "written"
+
+    with pytest.raises(KeyboardInterrupt), interrupts.interruptible():
+        assert write() == "written"
+
+
+def test_install_keeps_an_ignored_sigint(cooperative: None) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    interrupts.install()
+    assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    assert signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL
+
+
+# One step of a program: enter a held or interruptible block, leave the innermost one, a
+# signal arrives, or a checkpoint.
+_STEPS = hs.lists(hs.sampled_from(["held", "user", "exit", "signal", "checkpoint"]), max_size=30)
+
+
+@settings(max_examples=300, deadline=None)
+@given(steps=_STEPS)
+def test_a_single_signal_never_lands_in_a_held_block_and_is_never_lost(steps: list[str]) -> None:
+    previous = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+    interrupts.install()
+    try:
+        _run_steps(steps)
+    finally:
+        interrupts._state.__init__()  # type: ignore[misc]
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+def _run_steps(steps: list[str]) -> None:
+    with contextlib.ExitStack() as outer:
+        stack: list[tuple[str, contextlib.ExitStack]] = []
+        sent = False
+        where = "end"
+        try:
+            for where in steps:
+                if where in ("held", "user"):
+                    inner = contextlib.ExitStack()
+                    outer.callback(inner.close)
+                    stack.append((where, inner))
+                    inner.enter_context(
+                        interrupts.held() if where == "held" else interrupts.interruptible()
+                    )
+                elif where == "exit" and stack:
+                    where = f"exit to {_innermost(stack[:-1])}"
+                    stack.pop()[1].close()
+                elif where == "signal" and not sent:
+                    sent = True
+                    where = f"signal in {_innermost(stack)}"
+                    _kill_self()
+                elif where == "checkpoint" and _innermost(stack) != "user":
+                    interrupts.checkpoint()
+            where = "end"
+            interrupts.checkpoint()  # the end of main
+        except KeyboardInterrupt:
+            # Raised only where the runner allows it: in the user's code (at once, on
+            # entering it, or when a held call made from it ends) or at a safe point.
+            assert where in ("signal in user", "user", "exit to user", "checkpoint", "end"), where
+            assert sent
+        else:
+            assert not sent, "a signal was lost"
+        assert interrupts.pending() is None
+
+
+def _innermost(stack: list[tuple[str, contextlib.ExitStack]]) -> str | None:
+    return stack[-1][0] if stack else None
+
+
+def test_held_delivers_the_signal_after_the_block(sigterm_interrupts: None) -> None:
+    done = []
+    with pytest.raises(KeyboardInterrupt, match="signal 15"), interrupts.held():
         _kill_self()
         done.append("rest of the block")
     assert done == ["rest of the block"]
     assert signal.getsignal(signal.SIGTERM) is interrupts.terminate
 
 
-def test_deferred_without_a_signal_changes_nothing(sigterm_interrupts: None) -> None:
-    with interrupts.deferred():
+def test_held_without_a_signal_changes_nothing(sigterm_interrupts: None) -> None:
+    with interrupts.held():
         pass
     assert signal.getsignal(signal.SIGTERM) is interrupts.terminate
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
@@ -131,6 +291,6 @@ def test_kill_while_a_run_is_ended_still_ends_it(
 
 
 def test_dropped_signals_do_not_interrupt(sigterm_interrupts: None) -> None:
-    with interrupts.deferred(drop=True):
+    with interrupts.held(drop=True):
         _kill_self()
     assert signal.getsignal(signal.SIGTERM) is interrupts.terminate

@@ -14,6 +14,7 @@ from omegaconf import DictConfig, open_dict
 
 from runner.composer import ComposingLoader
 from runner.hydra_job import run_job
+from runner.interrupts import checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +35,7 @@ class _Launcher(BasicLauncher):
         log.info(f"Launching {len(job_overrides)} jobs locally")
         runs: list[JobReturn] = []
         for idx, overrides in enumerate(job_overrides, start=initial_job_idx):
+            checkpoint()  # a signal received meanwhile stops the sweep between two jobs
             log.info(f"\t#{idx} : {' '.join(filter_overrides(overrides))}")
             sweep_config = self.hydra_context.config_loader.load_sweep_config(
                 self.config, list(overrides)

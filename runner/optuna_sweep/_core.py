@@ -9,8 +9,8 @@ import math
 import multiprocessing
 import os
 import signal
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
@@ -18,9 +18,9 @@ from hydra.core.utils import setup_globals
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from runner import interrupts
 from runner.composer import JobComposer
 from runner.errors import ConfigError, RunnerError
-from runner.interrupts import terminate
 from runner.optuna_sweep import storage as st
 from runner.optuna_sweep.progress import Progress
 from runner.optuna_sweep.space import SearchSpace, format_value, parse_space
@@ -49,24 +49,6 @@ def _directions(value: Any) -> list[str]:
     return out
 
 
-@contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
-    # An app without the runner's entry point would die on SIGTERM with its runs RUNNING.
-    import threading
-
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.getsignal(signal.SIGTERM)
-    if previous is signal.SIG_DFL:
-        signal.signal(signal.SIGTERM, terminate)
-    try:
-        yield
-    finally:
-        if previous is signal.SIG_DFL:
-            signal.signal(signal.SIGTERM, previous)
-
-
 class OptunaSweep:
     """One sweep process's part of a study."""
 
@@ -87,6 +69,8 @@ class OptunaSweep:
         self.mine: dict[int, Any] = {}  # trial number -> Trial, running in this process
         self.finished_here: list[Outcome] = []
         self._composer = JobComposer(hydra_context.config_loader, config)
+        #: The study's lock (set once the study is known): count-and-ask holds it.
+        self._study_lock: Callable[[], AbstractContextManager[Any]] = contextlib.nullcontext
 
     # -- set-up ---------------------------------------------------------------------------
     def _objectives(self, directions: list[str]) -> list[str]:
@@ -265,6 +249,7 @@ class OptunaSweep:
         if retried:
             log.info("study %s: re-queued trials %s left running by a killed sweep", name, retried)
         info = self._info(space, name, directions, objectives, spec, pruner)
+        self._study_lock = lambda: st.study_lock(spec, name, info.lock_file)
         # Two sweep processes starting at once would both see an empty study and both
         # enqueue the warm-start points.
         with info.lock():
@@ -296,7 +281,9 @@ class OptunaSweep:
                     storage.get_heartbeat_interval(),
                 )
             with (
-                _sigterm_as_interrupt(),
+                # An app without the runner's entry point would die on SIGTERM with its
+                # runs RUNNING; there, SIGTERM becomes cooperative for the sweep.
+                interrupts.installed(),
                 beat,
                 Progress(name, self.n_trials, str(self.sc.progress)) as progress,
             ):
@@ -368,24 +355,23 @@ class OptunaSweep:
         )
 
     def _ask(self, study: Any, storage: Any, space: SearchSpace) -> Any | None:
-        """A new trial, or None when the study already holds ``n_trials``."""
-        st.fail_stale(study)  # a killed process's trials, on any machine (heartbeat on)
-        if len(st.counted(study.get_trials(deepcopy=False))) >= self.n_trials:
-            return None
-        trial = study.ask(fixed_distributions=space.distributions)
-        storage.set_trial_system_attr(trial._trial_id, st.OWNER_ATTR, st.owner())
-        if st.heartbeat_on(storage):
-            storage.record_heartbeat(trial._trial_id)  # stale-checked from its first beat
-        # Another sweep process may have asked in between: the lower numbers win.
-        before = [
-            t for t in st.counted(study.get_trials(deepcopy=False)) if t.number < trial.number
-        ]
-        if len(before) >= self.n_trials:
-            storage.set_trial_system_attr(trial._trial_id, st.VOID_ATTR, True)
-            from optuna.trial import TrialState
+        """A new trial, or None when the study already holds ``n_trials``.
 
-            study.tell(trial, state=TrialState.FAIL)
-            return None
+        Counting and asking are one step under the study's lock (PostgreSQL: an advisory
+        lock, for every machine; SQLite and journal files: a file lock): two sweep
+        processes asking for the last trial at once would otherwise both get one, and the
+        study would hold a trial too many.
+        """
+        st.fail_stale(study)  # a killed process's trials, on any machine (heartbeat on)
+        with self._study_lock():
+            if len(st.counted(study.get_trials(deepcopy=False))) >= self.n_trials:
+                return None
+            trial = study.ask(fixed_distributions=space.distributions)
+            # Owned before the lock is released: a survivor's stale check never sees it
+            # ownerless.
+            storage.set_trial_system_attr(trial._trial_id, st.OWNER_ATTR, st.owner())
+            if st.heartbeat_on(storage):
+                storage.record_heartbeat(trial._trial_id)  # stale-checked from its first beat
         return trial
 
     def _job_config(self, trial: Any, space: SearchSpace) -> DictConfig:
@@ -456,6 +442,7 @@ class OptunaSweep:
         from runner.optuna_sweep._worker import run_trial
 
         while True:
+            interrupts.checkpoint()  # between two trials: nothing of ours is half done
             trial = self._ask(study, storage, space)
             if trial is None:
                 if self._await_others(study):
@@ -500,6 +487,7 @@ class OptunaSweep:
         try:
             stop = False
             while True:
+                interrupts.checkpoint()
                 while not stop and len(running) < self.n_jobs:
                     trial = self._ask(study, storage, space)
                     if trial is None:
@@ -519,7 +507,9 @@ class OptunaSweep:
                         stop = False
                         continue
                     break
-                done, _ = cf.wait(running, return_when=cf.FIRST_COMPLETED)
+                # Polled, not one long wait: a signal waits for a safe point (never
+                # inside the futures' locks), and this is one every half second.
+                done, _ = cf.wait(running, timeout=0.5, return_when=cf.FIRST_COMPLETED)
                 for future in done:
                     trial = running.pop(future)
                     try:
@@ -536,6 +526,12 @@ class OptunaSweep:
                         raise
         except BaseException:
             self._stop_workers()  # before the study is closed, their runs end KILLED
+            # A trial that completed while the others were stopped counts as it ended.
+            for future, trial in list(running.items()):
+                if future.done() and not future.cancelled() and future.exception() is None:
+                    result = future.result()
+                    if result.state != "KILLED":
+                        self._record(study, trial, result, progress)
             raise
 
     def _await_others(self, study: Any) -> bool:
@@ -570,6 +566,7 @@ class OptunaSweep:
             if not others:
                 return False
             time.sleep(interval)
+            interrupts.checkpoint()
 
     def _drain(self, study: Any, running: dict[cf.Future[Any], Any], progress: Progress) -> None:
         """Let the trials already running finish (after a cut-off) and record them."""

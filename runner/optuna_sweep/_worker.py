@@ -16,7 +16,7 @@ import signal
 import sys
 from typing import Any
 
-from runner.interrupts import terminate
+from runner.interrupts import install
 from runner.shutdown import quick_exit
 from runner.trial import Outcome, TrialHandle, activate, outcome
 
@@ -26,9 +26,13 @@ log = logging.getLogger(__name__)
 
 
 def init_worker() -> None:
-    """Worker set-up: Ctrl-C is the sweep process's to handle; SIGTERM ends the job KILLED."""
+    """Worker set-up: Ctrl-C is the sweep process's to handle; SIGTERM ends the job KILLED.
+
+    SIGTERM is cooperative (:func:`runner.interrupts.install`): it stops the job's task at
+    once and otherwise waits until the worker's store and storage calls are done.
+    """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, terminate)
+    install()
     # A spawned worker ends with a full interpreter shutdown; the sweep waits for it.
     quick_exit()
 

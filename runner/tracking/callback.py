@@ -201,7 +201,7 @@ def _start_job(config: DictConfig) -> JobRun:
     run_id: str | None = None
     try:
         # A kill between creating the run and holding its id would leave it RUNNING.
-        with interrupts.deferred():
+        with interrupts.held():
             run_id = store.create_run(exp_id, name=name, tags=tags, parent_id=parent)
         store.log_batch(run_id, params=params)
         store.log_files(run_id, _job_artifacts(config, public, prov))
@@ -277,7 +277,7 @@ class MLflowCallback(Callback):
     def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
         """End the job's run: FINISHED, or FAILED with the error as a tag."""
         # Held from here: the run leaves the process state before it is ended.
-        with interrupts.deferred():
+        with interrupts.held():
             self._end_job(job_return)
 
     @staticmethod
@@ -348,7 +348,7 @@ def close_open_runs(status: str, error: BaseException | None = None) -> None:
     Hydra calls ``on_multirun_end`` only when a sweep returns normally. A second Ctrl-C
     meanwhile is ignored: it would leave the rest RUNNING.
     """
-    with interrupts.deferred(drop=True):
+    with interrupts.held(drop=True):
         _close_open_runs(status, error)
 
 

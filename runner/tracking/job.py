@@ -120,6 +120,7 @@ class JobRun(NullRun):
             files, self._files = self._files, {}
             self.store.log_files(self.run_id, files)
 
+    @interrupts.fenced
     def log_model(self, model: Any, *, flavor: str, input_example: Any) -> None:
         """Log the fitted model with its MLflow flavor, a signature and an input example.
 
@@ -153,13 +154,17 @@ class JobRun(NullRun):
             return
         import mlflow.sklearn
 
-        mlflow.sklearn.autolog(
-            log_models=False, log_datasets=False, log_input_examples=False, silent=True
-        )
+        # Autolog's own writes, made inside the fit, are MLflow's and not fenced: a signal
+        # there is a kill of the run's autologged part, like any in the user's code.
+        with interrupts.held():
+            mlflow.sklearn.autolog(
+                log_models=False, log_datasets=False, log_input_examples=False, silent=True
+            )
         try:
             yield
         finally:
-            mlflow.sklearn.autolog(disable=True)
+            with interrupts.held():
+                mlflow.sklearn.autolog(disable=True)
 
     def finish(self, status: str, *, error: BaseException | None = None) -> None:
         """Flush, record the error (if any) and end the run with ``status``.
@@ -167,7 +172,7 @@ class JobRun(NullRun):
         Ctrl-C or SIGTERM waits until the run is ended: an interrupt inside ``end_run``
         would leave it RUNNING, with nobody left to end it.
         """
-        with interrupts.deferred():
+        with interrupts.held():
             try:
                 if error is not None:  # sent with the final batch of metrics and tags
                     self._tags["runner.error"] = _describe(error)

@@ -1,7 +1,9 @@
 """The MLflow side of a job: the one module that talks to the tracking store.
 
 Everything goes through :class:`Store`, built on ``MlflowClient`` with an explicit tracking
-URI: no run is ever created implicitly by a fluent call. The fluent API is used for exactly
+URI: no run is ever created implicitly by a fluent call. Every call that reaches the store is
+fenced (:func:`runner.interrupts.fenced`): a signal never cuts one in half, even from inside
+the user's code (step metrics logged from a ``fit``). The fluent API is used for exactly
 two things that need it (model logging and autolog), and only while the job's run is
 explicitly activated.
 """
@@ -122,6 +124,7 @@ def check_reachable(uri: str, *, timeout: float = 5.0) -> None:
 _PG_SCHEMA_LOCK = 0x6D6C666C  # "mlfl"
 
 
+@interrupts.fenced
 def ensure_store(uri: str) -> None:
     """Create or upgrade a database store's schema once, whoever else starts at the same time.
 
@@ -189,7 +192,7 @@ class Store:
         mlflow.set_tracking_uri(uri)
         # The client creates or upgrades a SQL store's schema here; a SIGTERM in the middle
         # of a migration leaves a store no client can open, so it waits until after.
-        with interrupts.deferred():
+        with interrupts.held():
             self.client: MlflowClient = MlflowClient(tracking_uri=uri)
 
     # -- errors ---------------------------------------------------------------------------
@@ -197,6 +200,7 @@ class Store:
         return TrackingError(f"{what} failed on the tracking store {public_uri(self.uri)}: {e}")
 
     # -- experiments and runs -------------------------------------------------------------
+    @interrupts.fenced
     def experiment_id(self, name: str) -> str:
         """The id of experiment ``name``, created when missing (safe under concurrency)."""
         # One lookup per experiment and process: a sweep's jobs share it.
@@ -244,6 +248,7 @@ class Store:
         root = Path(self.uri[len("sqlite:///") :]).parent / "mlartifacts" / slug
         return root.as_uri()
 
+    @interrupts.fenced
     def create_run(
         self,
         experiment_id: str,
@@ -265,6 +270,7 @@ class Store:
             raise self._fail("creating a run", e) from e
         return str(run.info.run_id)
 
+    @interrupts.fenced
     def log_batch(
         self,
         run_id: str,
@@ -306,10 +312,12 @@ class Store:
         except MlflowException as e:
             raise self._fail(f"logging to run {run_id}", e) from e
 
+    @interrupts.fenced
     def set_tag(self, run_id: str, key: str, value: str) -> None:
         """Set one tag."""
         self.client.set_tag(run_id, key, str(value)[:MAX_TAG_VALUE])
 
+    @interrupts.fenced
     def log_files(self, run_id: str, files: Mapping[str, str | bytes]) -> None:
         """Log in-memory files (``artifact path -> content``), uploaded side by side.
 
@@ -342,6 +350,7 @@ class Store:
                                for u in uploads[1:]]:  # fmt: skip
                     future.result()
 
+    @interrupts.fenced
     def end_run(self, run_id: str, status: str) -> None:
         """End a run with ``FINISHED``, ``FAILED`` or ``KILLED`` (and deactivate it)."""
         import mlflow
@@ -352,6 +361,7 @@ class Store:
         else:
             self.client.set_terminated(run_id, status=status, end_time=int(time.time() * 1000))
 
+    @interrupts.fenced
     def activate(self, run_id: str) -> None:
         """Make ``run_id`` the active fluent run: model logging and autolog need one."""
         import mlflow

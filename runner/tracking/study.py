@@ -88,7 +88,7 @@ class StudyTracker:
         # Several sweep processes may open the same study at once: one creates the parent.
         # Signals wait until its id is recorded: a kill in between would orphan it RUNNING.
         lock = info.lock() if info.lock is not None else file_lock(info.lock_file)
-        with interrupts.deferred(), lock:
+        with interrupts.held(), lock:
             attrs = study.user_attrs
             run_id = attrs.get(PARENT_ATTR) if attrs.get(URI_ATTR) == self.uri else None
             if run_id and not self._exists(run_id):

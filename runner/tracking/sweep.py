@@ -63,7 +63,7 @@ class SweepParents:
         it runs under the registry's lock and must not use the registry itself.
         """
         # Held until the new id is written: a kill in between would orphan a RUNNING parent.
-        with interrupts.deferred(), self._locked() as data:
+        with interrupts.held(), self._locked() as data:
             parents = data.setdefault("parents", {}).setdefault(uri, {})
             if experiment_id not in parents:
                 parents[experiment_id] = create(data.get("overrides"))

@@ -184,3 +184,66 @@ def test_a_killed_worker_is_retried_and_closed(
     statuses = sorted(c.info.status for c in children)
     assert "RUNNING" not in statuses, proc.stdout + proc.stderr
     assert statuses.count("FINISHED") == 3
+
+
+def _quad(workdir: Path, storage: str, name: str, tracking_uri: str) -> list[Any]:
+    """Four sweep processes on one study, each from its own launch directory.
+
+    Every ``Study.ask`` waits 0.2 s first (``tests/faults.py --slow``): without the study
+    lock around count-and-ask, processes that count the same last free trial then all ask,
+    every time, instead of once in a while.
+    """
+    from optuna.trial import TrialState
+
+    common = (
+        "hydra.sweeper.n_trials=12", f"hydra.sweeper.storage={storage}",
+        f"hydra.sweeper.study_name={name}", f"experiment_name={name}", "model=logreg",
+        "model.C=tag(log, interval(0.01, 10))", f"backend.uri={tracking_uri}", *CHEAP,
+    )  # fmt: skip
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    procs = []
+    for m in range(4):
+        cwd = workdir / f"process-{m}"
+        cwd.mkdir()
+        slow_ask = (str(ROOT / "tests" / "faults.py"), "--slow", "optuna.study.study:Study.ask")
+        command = [sys.executable, *slow_ask, "0.2", "--", "-m", "hydra/sweeper=optuna", *common]
+        procs.append(
+            subprocess.Popen(
+                command,
+                cwd=cwd,
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+        )
+    outputs = _finish(procs)
+    assert [p.returncode for p in procs] == [0] * 4, "\n".join(outputs)
+    trials = _trials(storage, name)
+    # Exactly n_trials: no surplus trial asked for and FAILed for bookkeeping.
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 12, trials
+    assert sorted(t.number for t in trials) == list(range(12))
+    return trials
+
+
+def _assert_one_parent_twelve_children(tracking_uri: str, name: str) -> None:
+    from mlflow.tracking import MlflowClient
+
+    parents, children = _children(MlflowClient(tracking_uri), name)
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert {c.info.status for c in children} == {"FINISHED"}
+    assert sorted(int(c.data.tags["runner.trial_number"]) for c in children) == list(range(12))
+
+
+def test_four_processes_ask_exactly_n_trials_on_postgres(
+    workdir: Path, postgres: Service, tracking_uri: str
+) -> None:
+    url = _database(postgres, "quad")
+    _quad(workdir, url, "quad-pg", tracking_uri)
+    _assert_one_parent_twelve_children(tracking_uri, "quad-pg")
+
+
+def test_four_processes_ask_exactly_n_trials_on_sqlite(workdir: Path, tracking_uri: str) -> None:
+    storage = f"sqlite:///{workdir / 'optuna.db'}"
+    _quad(workdir, storage, "quad-sqlite", tracking_uri)
+    _assert_one_parent_twelve_children(tracking_uri, "quad-sqlite")

@@ -1,0 +1,265 @@
+"""SIGTERM at many moments of a real process's life: nothing is lost, everything resumes.
+
+Each moment is a function's N-th call in the real CLI (``tests/faults.py`` sends the signal
+as that call starts): start-up, store creation, run creation, training, logging, ending,
+every SQL statement in between. The same moment is hit on every run, so a failure names
+a moment that can be rerun alone. After every kill: exit 130, no run left RUNNING, the
+interrupted trial voided and queued again (never a FAIL that counts), and the store and
+the study open; after the last, the same command completes with exactly ``n_trials``.
+
+The moments of one chain run one after another on the same store: each kill starts from
+what the previous one left, which is the resume path a user takes.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import ROOT
+
+FAULTS = ROOT / "tests" / "faults.py"
+FAST = ("tracking.log_model=false", "tracking.log_figures=false", "tracking.log_importances=false")
+
+HYDRA = "hydra._internal.config_loader_impl:ConfigLoaderImpl.load_configuration"
+SCHEMA = "mlflow.store.db.utils:_initialize_tables"
+SQL = "sqlalchemy.engine.base:Connection._execute_context"
+STORE = "runner.tracking.store:"
+FIT = "sklearn.linear_model._logistic:LogisticRegression.fit"
+EVALUATE = "runner.metrics:evaluate"
+ASK = "optuna.study.study:Study.ask"
+TELL = "optuna.study.study:Study.tell"
+LOCK = "runner.locks:file_lock"
+
+N_TRIALS = 10
+OPTUNA = [
+    "-m",
+    "hydra/sweeper=optuna",
+    f"hydra.sweeper.n_trials={N_TRIALS}",
+    "hydra.sweeper.storage=sqlite:///optuna.db",
+    "model.C=tag(log, interval(0.001, 10.0))",
+    *FAST,
+]
+#: Moments of an Optuna sweep, in the order they are hit on one store (18).
+OPTUNA_MOMENTS = [
+    (SCHEMA, 1),  # MLflow creates the store's tables (a new store: first)
+    (HYDRA, 1),  # start-up: the first compose
+    (STORE + "ensure_store", 1),
+    (SQL, 20),
+    (ASK, 1),
+    (STORE + "Store.create_run", 2),  # the first trial's run (the first is the parent)
+    (STORE + "Store.activate", 1),  # inside mlflow.start_run's read: CI's failure
+    (STORE + "Store.log_batch", 2),
+    (FIT, 1),  # training: the user's code
+    (EVALUATE, 1),
+    (STORE + "Store.log_files", 1),
+    (STORE + "Store.end_run", 1),
+    (TELL, 1),
+    (LOCK, 4),
+    (SQL, 200),
+    (FIT, 2),
+    (STORE + "Store.end_run", 2),
+    (SQL, 400),
+]
+
+GRID = ["-m", "model.C=0.1,1.0", *FAST]
+#: Moments of a two-job grid sweep (13).
+GRID_MOMENTS = [
+    (SCHEMA, 1),
+    (HYDRA, 1),
+    (STORE + "Store.create_run", 1),  # the sweep's parent
+    (STORE + "Store.create_run", 2),  # the first job's run
+    (STORE + "Store.activate", 1),
+    (FIT, 1),
+    (STORE + "Store.log_batch", 2),
+    (FIT, 2),
+    (STORE + "Store.log_files", 2),
+    (STORE + "Store.end_run", 1),
+    (STORE + "Store.end_run", 3),  # the parent, after both jobs
+    (SQL, 30),
+    (SQL, 120),
+]
+
+SINGLE = [*FAST]
+#: Moments of one job (12).
+SINGLE_MOMENTS = [
+    (SCHEMA, 1),
+    (HYDRA, 1),
+    (STORE + "Store.create_run", 1),
+    (STORE + "Store.activate", 1),
+    (STORE + "Store.log_batch", 1),
+    (FIT, 1),
+    (EVALUATE, 1),
+    (STORE + "Store.log_files", 1),  # the config files, as the run starts
+    ("runner.tracking.job:JobRun.finish", 1),  # the last batch of metrics and tags
+    (STORE + "Store.end_run", 1),
+    (SQL, 10),
+    (SQL, 60),
+]
+
+
+@pytest.fixture
+def fresh_store(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A store that does not exist yet: the first command creates its schema."""
+    uri = f"sqlite:///{workdir / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    return uri
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "PYTHONUNBUFFERED": "1"}
+
+
+def _kill_at(workdir: Path, point: str, n: int, args: list[str]) -> str:
+    """Run the CLI with SIGTERM at ``point``'s ``n``-th call; assert it exited 130."""
+    marker = workdir / "fault.marker"
+    marker.unlink(missing_ok=True)
+    proc = subprocess.run(
+        [sys.executable, str(FAULTS), "--kill", point, str(n), str(marker), "--", *args],
+        cwd=workdir,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    out = proc.stdout + proc.stderr
+    moment = f"SIGTERM at {point} call {n}"
+    assert marker.exists() and marker.read_text() == "fired", f"{moment} never came:\n{out}"
+    assert proc.returncode == 130, f"{moment}: exit {proc.returncode}\n{out}"
+    assert "Callback MLflowCallback" not in out, f"{moment}: a callback raised\n{out}"
+    return out
+
+
+def _run(workdir: Path, args: list[str]) -> str:
+    proc = subprocess.run(
+        [sys.executable, "-m", "runner", *args],
+        cwd=workdir,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out
+    assert "Callback MLflowCallback" not in out, out
+    return out
+
+
+def _runs(uri: str) -> list[Any]:
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    ids = [e.experiment_id for e in client.search_experiments()]
+    return client.search_runs(ids, max_results=1000) if ids else []
+
+
+def _assert_nothing_running(uri: str, moment: str) -> None:
+    running = [r.info.run_name for r in _runs(uri) if r.info.status == "RUNNING"]
+    assert not running, f"{moment}: runs left RUNNING: {running}"
+
+
+def _study(workdir: Path) -> Any:
+    import optuna
+
+    storage = f"sqlite:///{workdir / 'optuna.db'}"
+    summaries = optuna.get_all_study_summaries(storage)
+    if not summaries:
+        return None
+    (summary,) = summaries
+    return optuna.load_study(study_name=summary.study_name, storage=storage)
+
+
+def _assert_study_consistent(workdir: Path, moment: str) -> None:
+    from optuna.trial import TrialState
+
+    study = _study(workdir)
+    if study is None:
+        return
+    trials = study.get_trials(deepcopy=False)
+    assert not [t.number for t in trials if t.state == TrialState.RUNNING], moment
+    retried = {t.user_attrs.get("runner.retry_of") for t in trials}
+    for t in trials:
+        if t.state == TrialState.FAIL:
+            # An interrupted trial: out of the count, and its params queued again.
+            assert t.system_attrs.get("runner.void"), f"{moment}: trial {t.number} FAILed"
+            assert t.number in retried, f"{moment}: trial {t.number} was not re-queued"
+
+
+def _counted(study: Any) -> list[Any]:
+    from runner.optuna_sweep.storage import counted
+
+    return counted(study.get_trials(deepcopy=False))
+
+
+def test_optuna_sweep_survives_sigterm_anywhere(workdir: Path, fresh_store: str) -> None:
+    from optuna.trial import TrialState
+
+    for i, (point, n) in enumerate(OPTUNA_MOMENTS):
+        moment = f"moment {i} ({point} call {n})"
+        _kill_at(workdir, point, n, OPTUNA)
+        _assert_nothing_running(fresh_store, moment)
+        _assert_study_consistent(workdir, moment)
+        study = _study(workdir)
+        assert study is None or len(_counted(study)) < N_TRIALS, f"{moment}: the chain ran out"
+    _run(workdir, OPTUNA)
+    study = _study(workdir)
+    counted = _counted(study)
+    assert len(counted) == N_TRIALS
+    assert {t.state for t in counted} == {TrialState.COMPLETE}
+    runs = _runs(fresh_store)
+    _assert_nothing_running(fresh_store, "after the resume")
+    (parent,) = [r for r in runs if r.data.tags.get("runner.kind") == "sweep"]
+    assert parent.info.status == "FINISHED"
+    finished = [r for r in runs if r.data.tags.get("runner.kind") == "job"]
+    finished = [r for r in finished if r.info.status == "FINISHED"]
+    # One FINISHED run per counted trial, and no trial number twice among them.
+    numbers = sorted(int(r.data.tags["runner.trial_number"]) for r in finished)
+    assert numbers == sorted(t.number for t in counted)
+    assert all(r.data.tags["mlflow.parentRunId"] == parent.info.run_id for r in finished)
+
+
+@pytest.mark.parametrize("n", [100, 900, 1500])
+def test_sigterm_while_the_store_is_created_leaves_it_whole(
+    workdir: Path, fresh_store: str, n: int
+) -> None:
+    # A job's first ~1700 statements on a new SQLite file are MLflow's schema creation and
+    # migrations; a kill at the 900th left `table _alembic_tmp_experiments already exists`
+    # for every later command before the signals were held.
+    _kill_at(workdir, SQL, n, SINGLE)
+    _run(workdir, SINGLE)
+    _assert_nothing_running(fresh_store, f"{SQL} call {n}")
+    assert [r.info.status for r in _runs(fresh_store)].count("FINISHED") == 1
+
+
+def test_grid_sweep_survives_sigterm_anywhere(workdir: Path, fresh_store: str) -> None:
+    for i, (point, n) in enumerate(GRID_MOMENTS):
+        moment = f"moment {i} ({point} call {n})"
+        _kill_at(workdir, point, n, GRID)
+        _assert_nothing_running(fresh_store, moment)
+    before = {r.info.run_id for r in _runs(fresh_store)}
+    _run(workdir, GRID)
+    new = [r for r in _runs(fresh_store) if r.info.run_id not in before]
+    assert sorted((r.data.tags["runner.kind"], r.info.status) for r in new) == [
+        ("job", "FINISHED"),
+        ("job", "FINISHED"),
+        ("sweep", "FINISHED"),
+    ]
+
+
+def test_single_job_survives_sigterm_anywhere(workdir: Path, fresh_store: str) -> None:
+    for i, (point, n) in enumerate(SINGLE_MOMENTS):
+        moment = f"moment {i} ({point} call {n})"
+        _kill_at(workdir, point, n, SINGLE)
+        _assert_nothing_running(fresh_store, moment)
+    before = {r.info.run_id for r in _runs(fresh_store)}
+    _run(workdir, SINGLE)
+    new = [r for r in _runs(fresh_store) if r.info.run_id not in before]
+    assert [r.info.status for r in new] == ["FINISHED"]
+    assert "val_accuracy" in new[0].data.metrics
