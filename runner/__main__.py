@@ -40,7 +40,7 @@ def main() -> None:
     """Entry point of ``python -m runner`` and the ``runner`` console script."""
     from runner.interrupts import checkpoint, handled, install
     from runner.shutdown import quick_exit
-    from runner.tracking.callback import close_open_runs
+    from runner.tracking.session import close_open_runs
 
     quick_exit()
     sys.argv[1:] = normalize_argv(sys.argv[1:])

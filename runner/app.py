@@ -17,7 +17,7 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from runner import tracking, trial
+from runner import contract, tracking, trial
 from runner.config import register
 from runner.data import Dataset
 from runner.errors import ConfigError, RunnerError
@@ -183,7 +183,7 @@ def run(cfg: DictConfig) -> float | list[float]:
     seed_everything(int(cfg.seed))
 
     data: Dataset = _instantiate(cfg.dataset, "dataset")
-    job.set_tags({"runner.dataset_digest": data.digest, "runner.task": data.task})
+    job.set_tags({contract.DATASET_DIGEST: data.digest, contract.TASK: data.task})
     model = _instantiate(cfg.model, "model")
     flavor = model_flavor(model)
     log.info("fitting %s on %s (%d rows)", type(model).__name__, data.name, len(data.y_train))

@@ -13,6 +13,7 @@ import sys
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from runner import contract
 from runner.errors import RunnerError
 
 if TYPE_CHECKING:
@@ -23,13 +24,13 @@ __all__ = ["SECTIONS", "diff_runs", "main"]
 SECTIONS = ("run", "choices", "params", "overrides", "provenance", "metrics")
 
 _PROVENANCE_TAGS = (
-    "runner.git.commit",
-    "runner.git.dirty",
-    "runner.python",
-    "runner.dataset_digest",
-    "runner.task",
+    contract.GIT_COMMIT,
+    contract.GIT_DIRTY,
+    contract.PYTHON,
+    contract.DATASET_DIGEST,
+    contract.TASK,
 )
-_RUN_TAGS = ("runner.kind", "runner.replay_of", "mlflow.parentRunId", "runner.job_num")
+_RUN_TAGS = (contract.KIND, contract.REPLAY_OF, contract.PARENT_RUN_ID, contract.JOB_NUM)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -57,7 +58,7 @@ def _parser() -> argparse.ArgumentParser:
 def _overrides(run: Run) -> dict[str, str]:
     # One row per overridden key (`model.max_depth=3` -> model.max_depth: 3).
     try:
-        items = json.loads(run.data.tags.get("runner.overrides", "[]"))
+        items = json.loads(run.data.tags.get(contract.OVERRIDES, "[]"))
     except json.JSONDecodeError:
         items = []
     out: dict[str, str] = {}
@@ -68,7 +69,7 @@ def _overrides(run: Run) -> dict[str, str]:
 
 
 def _split_params(params: Mapping[str, str]) -> tuple[dict[str, str], dict[str, str]]:
-    from runner._rebuild import choices_from_params
+    from runner.replay.rebuild import choices_from_params
 
     choices = choices_from_params(params)
     return choices, {k: v for k, v in params.items() if k not in choices}
@@ -87,7 +88,7 @@ def _info(run: Run) -> dict[str, str]:
 def _provenance(run: Run) -> dict[str, str]:
     tags = run.data.tags
     out = {k: tags[k] for k in _PROVENANCE_TAGS if k in tags}
-    out.update({k: v for k, v in tags.items() if k.startswith("runner.pkg.")})
+    out.update({k: v for k, v in tags.items() if k.startswith(contract.PKG_PREFIX)})
     return out
 
 
@@ -139,7 +140,7 @@ def _cell(value: Any) -> str:
 
 def render(result: dict[str, Any], *, show_all: bool = False) -> str:
     """The diff as plain-text tables, one per section."""
-    from runner._replay_checks import format_table
+    from runner.replay.checks import format_table
 
     a, b = result["a"], result["b"]
     out = [f"A = {a}", f"B = {b}"]
@@ -169,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of ``python -m runner.diff``; returns the exit status."""
     args = _parser().parse_args(argv)
     try:
-        from runner._logged import default_tracking_uri, get_run, open_client
+        from runner.replay.logged import default_tracking_uri, get_run, open_client
 
         client = open_client(default_tracking_uri(args.tracking_uri))
         a, b = get_run(client, args.run_a), get_run(client, args.run_b)

@@ -20,19 +20,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from runner import contract
 from runner.errors import RunnerError, TrackingError
 
 if TYPE_CHECKING:
     from mlflow.entities import Run
     from mlflow.tracking import MlflowClient
 
-__all__ = ["SYNCED_FROM", "SYNCED_TO", "SyncResult", "main", "sync"]
+__all__ = ["SyncResult", "main", "sync"]
 
-SYNCED_FROM = "runner.synced_from"
-SYNCED_TO = "runner.synced_to"
-BUFFERED_FOR = "runner.buffered_for"
-_PARENT = "mlflow.parentRunId"
-_NOT_COPIED = frozenset({_PARENT, BUFFERED_FOR, SYNCED_TO})
+_NOT_COPIED = frozenset({contract.PARENT_RUN_ID, contract.BUFFERED_FOR, contract.SYNCED_TO})
 
 
 @dataclass
@@ -62,12 +59,14 @@ def _all_runs(client: MlflowClient) -> list[Run]:
             if not token:
                 break
     # Parents first, so that each child's parent already has its copy.
-    return sorted(runs, key=lambda r: (_PARENT in r.data.tags, r.info.start_time or 0))
+    return sorted(
+        runs, key=lambda r: (contract.PARENT_RUN_ID in r.data.tags, r.info.start_time or 0)
+    )
 
 
 def _find_copy(dst: MlflowClient, experiment_id: str, run_id: str) -> str | None:
     found = dst.search_runs(
-        [experiment_id], filter_string=f"tags.`{SYNCED_FROM}` = '{run_id}'", max_results=5
+        [experiment_id], filter_string=f"tags.`{contract.SYNCED_FROM}` = '{run_id}'", max_results=5
     )
     return found[0].info.run_id if found else None
 
@@ -108,9 +107,9 @@ def _replay(src: MlflowClient, dst: MlflowClient, run: Run, *, parent: str | Non
     if stale is not None:  # an interrupted sync's half-made copy
         dst.delete_run(stale)
     tags = {k: v for k, v in run.data.tags.items() if k not in _NOT_COPIED}
-    tags[SYNCED_FROM] = run.info.run_id
+    tags[contract.SYNCED_FROM] = run.info.run_id
     if parent:
-        tags[_PARENT] = parent
+        tags[contract.PARENT_RUN_ID] = parent
     new = dst.create_run(
         exp, start_time=run.info.start_time, tags=tags, run_name=run.info.run_name
     ).info.run_id
@@ -131,7 +130,7 @@ def _replay(src: MlflowClient, dst: MlflowClient, run: Run, *, parent: str | Non
     _copy_models(src, dst, run, new, exp)
     dst.set_terminated(new, status=run.info.status, end_time=run.info.end_time)
     # Done: the buffered run now points at its complete copy.
-    src.log_batch(run.info.run_id, tags=[RunTag(SYNCED_TO, new)])
+    src.log_batch(run.info.run_id, tags=[RunTag(contract.SYNCED_TO, new)])
     return str(new)
 
 
@@ -152,24 +151,25 @@ def sync(buffer_uri: str, to: str | None = None) -> SyncResult:
     clients: dict[str, MlflowClient] = {}
     for run in _all_runs(src):
         rid = run.info.run_id
-        if SYNCED_TO in run.data.tags:
-            copies[rid] = run.data.tags[SYNCED_TO]
+        if contract.SYNCED_TO in run.data.tags:
+            copies[rid] = run.data.tags[contract.SYNCED_TO]
             result.already.append(rid)
             continue
         if run.info.status == "RUNNING":
             result.running.append(rid)
             continue
-        target = to or run.data.tags.get(BUFFERED_FOR)
+        target = to or run.data.tags.get(contract.BUFFERED_FOR)
         if not target or "***" in target:
             raise TrackingError(
                 f"buffered run {rid} does not say which server it was meant for "
-                f"({BUFFERED_FOR}={target!r}); pass --to URI (credentials in the environment)."
+                f"({contract.BUFFERED_FOR}={target!r}); pass --to URI (credentials in the "
+                "environment)."
             )
         if target not in clients:
             check_reachable(target)
             ensure_store(target)
             clients[target] = MlflowClient(target)
-        parent = run.data.tags.get(_PARENT)
+        parent = run.data.tags.get(contract.PARENT_RUN_ID)
         if parent is not None and parent not in copies:
             # A parent still RUNNING (its sweep is not over): sync the child later.
             result.running.append(rid)
@@ -182,7 +182,7 @@ def sync(buffer_uri: str, to: str | None = None) -> SyncResult:
 
 def main(argv: list[str] | None = None) -> int:
     """Replay buffered runs; see the module docstring."""
-    from runner.tracking.callback import BUFFER_DIR
+    from runner.tracking.session import BUFFER_DIR
 
     parser = argparse.ArgumentParser(
         prog="python -m runner.sync",
@@ -198,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--to",
         metavar="URI",
-        help=f"the tracking URI to replay onto (default: each run's {BUFFERED_FOR} tag)",
+        help=f"the tracking URI to replay onto (default: each run's {contract.BUFFERED_FOR} tag)",
     )
     args = parser.parse_args(argv)
     if not args.buffer.is_file():

@@ -74,7 +74,7 @@ class TrialHandle:
         if self._trial is None:
             import optuna
 
-            from runner.optuna_sweep.storage import make_storage
+            from runner.sweeps.optuna.storage import make_storage
 
             study = optuna.load_study(
                 study_name=self.ref.study_name,

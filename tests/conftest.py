@@ -74,11 +74,9 @@ def _reset_tracking_state() -> Iterator[None]:
 
         # The runner sets the global fluent URI; let the next test's env var govern again.
         mlflow.set_tracking_uri(None)  # type: ignore[arg-type]
-    from runner.tracking import callback
-    from runner.tracking._state import state
+    from runner.tracking import session
 
-    state.job, state.job_error, state.sweep = None, None, None
-    callback._stores.clear()
+    session.reset()
 
 
 def run_cli(

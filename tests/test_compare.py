@@ -249,7 +249,7 @@ def _tags(page: str) -> list[tuple[str, dict[str, str | None]]]:
 
 
 def test_html_report_structure(store: dict[str, Any], tmp_path: Path) -> None:
-    from runner.report import param_importances
+    from runner.compare.report import param_importances
 
     page = _report(store, tmp_path / "sweep.html", "--sweep", store["grid"])
     # Self-contained: plotly.js inline, no tag that loads anything from elsewhere (the

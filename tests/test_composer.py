@@ -18,8 +18,8 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from runner.composer import ComposingLoader, JobComposer
 from runner.config import register
+from runner.sweeps.composer import ComposingLoader, JobComposer
 
 
 @pytest.fixture
@@ -175,5 +175,5 @@ def test_grid_jobs_run_through_the_runners_run_job_under_the_basic_launcher(
         task_function=lambda cfg: 0.0,
         config=master,
     )
-    # Hydra's basic launcher becomes ours (runner.hydra_job.run_job); others stay Hydra's.
+    # Hydra's basic launcher becomes ours (runner.sweeps.hydra_job.run_job); others stay Hydra's.
     assert type(sweeper.launcher).__name__ == expected

@@ -193,7 +193,7 @@ def _assert_study_consistent(workdir: Path, moment: str) -> None:
 
 
 def _counted(study: Any) -> list[Any]:
-    from runner.optuna_sweep.storage import counted
+    from runner.sweeps.optuna.storage import counted
 
     return counted(study.get_trials(deepcopy=False))
 

@@ -1,4 +1,4 @@
-"""``runner.hydra_job.run_job`` does what Hydra's ``run_job`` does, job for job."""
+"""``runner.sweeps.hydra_job.run_job`` does what Hydra's ``run_job`` does, job for job."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from hydra.types import HydraContext, RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from runner.config import register
-from runner.hydra_job import run_job, task_config
+from runner.sweeps.hydra_job import run_job, task_config
 
 
 class Recorder:

@@ -237,12 +237,12 @@ def _job_config(workdir: Path, mode: str) -> Any:
 def test_kill_while_a_job_run_is_created_ends_it_killed(
     client: Any, workdir: Path, monkeypatch: pytest.MonkeyPatch, sigterm_interrupts: None
 ) -> None:
-    from runner.tracking.callback import _start_job
+    from runner.tracking.runs import start_job
 
     cfg = _job_config(workdir, "RUN")
     _kill_after_create(monkeypatch)
     with pytest.raises(KeyboardInterrupt):
-        _start_job(cfg)
+        start_job(cfg)
     runs = client.search_runs([client.get_experiment_by_name("iris").experiment_id])
     assert [r.info.status for r in runs] == ["KILLED"]
 
@@ -250,21 +250,22 @@ def test_kill_while_a_job_run_is_created_ends_it_killed(
 def test_kill_while_a_sweep_parent_is_created_records_it(
     client: Any, workdir: Path, monkeypatch: pytest.MonkeyPatch, sigterm_interrupts: None
 ) -> None:
-    from runner.tracking.callback import _create_parent, _store, close_open_runs
-    from runner.tracking.sweep import SweepParents
+    from runner.tracking.parents import SweepParents
+    from runner.tracking.runs import create_parent
+    from runner.tracking.session import close_open_runs, store_for
 
     cfg = _job_config(workdir, "MULTIRUN")
-    store = _store(client.tracking_uri, cfg)
+    store = store_for(client.tracking_uri, cfg)
     exp_id = store.experiment_id("iris")
     sweep_dir = workdir / "multirun"
     _kill_after_create(monkeypatch)
     with pytest.raises(KeyboardInterrupt):
         SweepParents(sweep_dir).get_or_create(
-            store.uri, exp_id, lambda rec: _create_parent(store, exp_id, cfg, sweep_dir, rec)
+            store.uri, exp_id, lambda rec: create_parent(store, exp_id, cfg, sweep_dir, rec)
         )
     # The registry holds the parent, so the entry point's way out ends it.
     (parent,) = SweepParents(sweep_dir).all()[store.uri].values()
-    from runner.tracking._state import Sweep, state
+    from runner.tracking.session import Sweep, state
 
     state.sweep = Sweep(uri=store.uri, dir=sweep_dir)
     close_open_runs("KILLED")
@@ -274,10 +275,10 @@ def test_kill_while_a_sweep_parent_is_created_records_it(
 def test_kill_while_a_run_is_ended_still_ends_it(
     client: Any, workdir: Path, monkeypatch: pytest.MonkeyPatch, sigterm_interrupts: None
 ) -> None:
-    from runner.tracking.callback import _start_job
+    from runner.tracking.runs import start_job
     from runner.tracking.store import Store
 
-    job = _start_job(_job_config(workdir, "RUN"))
+    job = start_job(_job_config(workdir, "RUN"))
     end = Store.end_run
 
     def kill_then_end(self: Store, run_id: str, status: str) -> None:

@@ -26,8 +26,8 @@ from typing import Any
 
 import pytest
 
-from runner.durations import DurationError, parse_duration
 from runner.lifecycle import main
+from runner.lifecycle.durations import DurationError, parse_duration
 from tests.conftest import ROOT, run_cli
 
 DAY = 86_400_000

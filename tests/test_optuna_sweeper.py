@@ -391,7 +391,7 @@ def test_every_preset_composes(preset: str) -> None:
 
     from hydra_plugins.runner_optuna_sweeper.config import SWEEPER_TARGET
     from runner.config import CONFIG_MODULE, register
-    from runner.optuna_sweep.space import parse_space
+    from runner.sweeps.optuna.space import parse_space
 
     register()
     with initialize_config_module(CONFIG_MODULE.removeprefix("pkg://"), version_base="1.3"):
@@ -462,7 +462,7 @@ def test_space_follows_hydra_grammar() -> None:
     from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
     from runner.errors import ConfigError
-    from runner.optuna_sweep.space import parse_space
+    from runner.sweeps.optuna.space import parse_space
 
     space = parse_space(
         {"a": "range(2, 10)", "b": "range(0, 10, 3)", "c": "tag(log, interval(0.001, 0.3))"},

@@ -26,6 +26,9 @@ def test_wheel_ships_configs_and_runs_from_it(tmp_path: Path) -> None:
         "runner/conf/dataset/csv.yaml",
         "runner/conf/backend/local.yaml",
         "runner/__main__.py",
+        "runner/compare/__main__.py",
+        "runner/resources/replay.yaml",
+        "runner/resources/lifecycle/default.yaml",
         "models/mlp.py",
     ):
         assert required in names, required

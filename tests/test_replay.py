@@ -82,9 +82,9 @@ def store(tmp_path_factory: pytest.TempPathFactory, _template_db: Path) -> Itera
         (second,) = [r for r in kids if r.data.params["model.max_depth"] == "3"]
         s.runs["rf-sweep-child"] = second.info.run_id
     yield s
-    from runner.tracking import callback
+    from runner.tracking import session
 
-    callback._stores.clear()
+    session.reset()
 
 
 def _replay(store: Store, *args: str, capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
@@ -397,7 +397,7 @@ def test_bad_input_errors(store: Store, capsys: pytest.CaptureFixture[str]) -> N
 
 
 def test_check_tolerance(store: Store, xgb_override: tuple[int, str, str]) -> None:
-    from runner._replay_checks import compare_metrics, metric_table
+    from runner.replay.checks import compare_metrics, metric_table
 
     source, new = store.runs["xgb"], xgb_override[2]
     exact = compare_metrics(store.client, source, new)
@@ -409,8 +409,8 @@ def test_check_tolerance(store: Store, xgb_override: tuple[int, str, str]) -> No
 
 
 def test_crafted_choice_cannot_write_outside_the_config_dir(tmp_path: Path) -> None:
-    from runner._rebuild import write_config_dir
     from runner.errors import ConfigError
+    from runner.replay.rebuild import write_config_dir
 
     with pytest.raises(ConfigError, match="not a valid config name"):
         write_config_dir(

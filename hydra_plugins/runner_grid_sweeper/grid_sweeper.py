@@ -12,15 +12,15 @@ from hydra.core.utils import JobReturn, configure_log, filter_overrides, setup_g
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, open_dict
 
-from runner.composer import ComposingLoader
-from runner.hydra_job import run_job
 from runner.interrupts import checkpoint
+from runner.sweeps.composer import ComposingLoader
+from runner.sweeps.hydra_job import run_job
 
 log = logging.getLogger(__name__)
 
 
 class _Launcher(BasicLauncher):
-    """Hydra's basic launcher, running each job through :func:`runner.hydra_job.run_job`."""
+    """Hydra's basic launcher, running each job through :func:`runner.sweeps.hydra_job.run_job`."""
 
     def launch(
         self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int
@@ -63,7 +63,7 @@ class GridSweeper(BasicSweeper):
     composes it in full again: about 0.2 s a job here. Here each job is composed once, from a
     template (:class:`runner.composer.ComposingLoader`), when its batch is validated, and the
     launcher gets that config. Under Hydra's basic launcher (the default) the jobs run
-    through :func:`runner.hydra_job.run_job`; other launchers (joblib, ...) run as they are.
+    through :func:`runner.sweeps.hydra_job.run_job`; other launchers (joblib, ...) run as they are.
     """
 
     def setup(

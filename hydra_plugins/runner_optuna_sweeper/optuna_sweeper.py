@@ -13,7 +13,7 @@ class OptunaSweeper(Sweeper):
     """Sample Hydra overrides with Optuna (ask/tell) and run each trial as a Hydra job."""
 
     def __init__(self, **kwargs: Any) -> None:
-        # The keys are validated in runner.optuna_sweep once the full config is known.
+        # The keys are validated in runner.sweeps.optuna once the full config is known.
         self._kwargs = kwargs
         self._impl: Any = None
 
@@ -25,7 +25,7 @@ class OptunaSweeper(Sweeper):
         config: DictConfig,
     ) -> None:
         """Keep what the sweep needs (called by Hydra before :meth:`sweep`)."""
-        from runner.optuna_sweep import OptunaSweep
+        from runner.sweeps.optuna import OptunaSweep
 
         self.hydra_context = hydra_context
         self.config = config

@@ -5,7 +5,6 @@ Nothing here imports MLflow until tracking is actually used.
 
 from __future__ import annotations
 
-from runner.tracking._state import state
 from runner.tracking.job import JobRun, NullRun
 
 __all__ = ["JobRun", "NullRun", "current"]
@@ -17,4 +16,6 @@ def current() -> JobRun | NullRun:
     Raises:
         RunnerError: The callback could not start the job's run (e.g. the store is down).
     """
+    from runner.tracking.session import state
+
     return state.current()

@@ -13,7 +13,7 @@ import time
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-from runner import interrupts
+from runner import contract, interrupts
 from runner.tracking.store import Store
 
 __all__ = ["JobRun", "NullRun"]
@@ -175,7 +175,7 @@ class JobRun(NullRun):
         with interrupts.held():
             try:
                 if error is not None:  # sent with the final batch of metrics and tags
-                    self._tags["runner.error"] = _describe(error)
+                    self._tags[contract.ERROR] = _describe(error)
                 self.flush()
                 self.flush_files()
             finally:

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
+from runner import contract
+
 __all__ = ["KEY_PACKAGES", "Provenance", "collect"]
 
 #: Distributions whose versions can change a result; each alternative is tried in order
@@ -50,13 +52,13 @@ class Provenance:
 
     def tags(self) -> dict[str, str]:
         """The provenance as MLflow tags (the diff goes to an artifact instead)."""
-        tags = {"runner.python": self.python}
+        tags = {contract.PYTHON: self.python}
         if self.git_commit:
-            tags["runner.git.commit"] = self.git_commit
-            tags["runner.git.dirty"] = str(self.git_dirty).lower()
+            tags[contract.GIT_COMMIT] = self.git_commit
+            tags[contract.GIT_DIRTY] = str(self.git_dirty).lower()
             # MLflow's own key, so the UI shows the commit too.
-            tags["mlflow.source.git.commit"] = self.git_commit
-        tags.update({f"runner.pkg.{name}": v for name, v in self.packages.items()})
+            tags[contract.SOURCE_GIT_COMMIT] = self.git_commit
+        tags.update({f"{contract.PKG_PREFIX}{name}": v for name, v in self.packages.items()})
         return tags
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
-from runner import interrupts
+from runner import contract, interrupts
 from runner.errors import TrackingError
 from runner.tracking.redact import redact_text
 
@@ -259,11 +259,10 @@ class Store:
     ) -> str:
         """Create a RUNNING run, nested under ``parent_id`` through MLflow's own tag."""
         from mlflow.exceptions import MlflowException
-        from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
         all_tags = {k: v[:MAX_TAG_VALUE] for k, v in tags.items()}
         if parent_id:
-            all_tags[MLFLOW_PARENT_RUN_ID] = parent_id
+            all_tags[contract.PARENT_RUN_ID] = parent_id
         try:
             run = self.client.create_run(experiment_id, run_name=name, tags=all_tags)
         except MlflowException as e:

@@ -1,6 +1,6 @@
 """The MLflow side of an Optuna study: one parent run per study, its summary at the end.
 
-The sweeper (runner.optuna_sweep) calls :func:`study_tracker` and, when tracking is on,
+The sweeper (runner.sweeps.optuna) calls :func:`study_tracker` and, when tracking is on,
 :meth:`StudyTracker.open` before the first trial and :meth:`StudyTracker.close` on every way
 out. The parent run's id is kept in the study's user attrs, so a resumed study, or a second
 sweep process on the same study, nests its trials under the same parent. Each process also
@@ -21,19 +21,18 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from runner import interrupts
-from runner.best import BEST_TAG
+from runner import contract, interrupts
 from runner.locks import file_lock
+from runner.tracking.callback import MLflowCallback
+from runner.tracking.runs import common_tags, logged_overrides
+from runner.tracking.session import store_for, uri_of
 
-__all__ = ["PARENT_ATTR", "StudyInfo", "StudyTracker", "study_tracker"]
+__all__ = ["StudyInfo", "StudyTracker", "study_tracker"]
 
 log = logging.getLogger(__name__)
 
-#: Study user attrs holding the parent run (and the store it lives in).
-PARENT_ATTR = "runner.mlflow.parent_run_id"
-URI_ATTR = "runner.mlflow.tracking_uri"
 
-_CALLBACK = "runner.tracking.callback.MLflowCallback"
+_CALLBACK = f"{MLflowCallback.__module__}.{MLflowCallback.__qualname__}"
 
 
 @dataclass
@@ -70,12 +69,10 @@ class StudyTracker:
     """The parent run of one study in the store the runner's jobs log to."""
 
     def __init__(self, config: DictConfig) -> None:
-        from runner.tracking.callback import _store, _uri
-
         self.config = config
         # The callback's store for this config (a local buffer when the server is down and
         # tracking.on_unavailable=buffer): jobs nest under parents registered for its uri.
-        self.store = _store(_uri(config), config)
+        self.store = store_for(uri_of(config), config)
         self.uri = self.store.uri
         self.experiment_id = self.store.experiment_id(str(config.experiment_name))
         self.parent_id: str | None = None
@@ -83,24 +80,28 @@ class StudyTracker:
     # -- start ----------------------------------------------------------------------------
     def open(self, study: Any, info: StudyInfo) -> str:
         """Create the study's parent run once, or re-open it; register it for this sweep."""
-        from runner.tracking.sweep import SweepParents
+        from runner.tracking.parents import SweepParents
 
         # Several sweep processes may open the same study at once: one creates the parent.
         # Signals wait until its id is recorded: a kill in between would orphan it RUNNING.
         lock = info.lock() if info.lock is not None else file_lock(info.lock_file)
         with interrupts.held(), lock:
             attrs = study.user_attrs
-            run_id = attrs.get(PARENT_ATTR) if attrs.get(URI_ATTR) == self.uri else None
+            run_id = (
+                attrs.get(contract.STUDY_PARENT_ATTR)
+                if attrs.get(contract.STUDY_URI_ATTR) == self.uri
+                else None
+            )
             if run_id and not self._exists(run_id):
                 run_id = None
             if run_id is None:
                 run_id = self._create(info)
-                study.set_user_attr(PARENT_ATTR, run_id)
-                study.set_user_attr(URI_ATTR, self.uri)
+                study.set_user_attr(contract.STUDY_PARENT_ATTR, run_id)
+                study.set_user_attr(contract.STUDY_URI_ATTR, self.uri)
             else:
                 self.store.client.update_run(run_id, status="RUNNING")
             self.parent_id = run_id
-        self.store.log_batch(run_id, tags={"runner.n_trials": str(info.n_trials)})
+        self.store.log_batch(run_id, tags={contract.N_TRIALS: str(info.n_trials)})
         SweepParents(info.sweep_dir).set(self.uri, self.experiment_id, run_id)
         return run_id
 
@@ -112,15 +113,13 @@ class StudyTracker:
         return run.info.lifecycle_stage == "active"
 
     def _create(self, info: StudyInfo) -> str:
-        from runner.tracking.callback import _common_tags, _overrides
-
-        tags = _common_tags(self.config, self.store)
+        tags = common_tags(self.config, self.store)
         tags.update(
             {
-                "runner.kind": "sweep",
-                "runner.sweeper": "optuna",
-                "runner.sweep_dir": str(info.sweep_dir.resolve()),
-                "runner.overrides": json.dumps(_overrides(self.config)),
+                contract.KIND: "sweep",
+                contract.SWEEPER: "optuna",
+                contract.SWEEP_DIR: str(info.sweep_dir.resolve()),
+                contract.OVERRIDES: json.dumps(logged_overrides(self.config)),
             }
         )
         run_id = self.store.create_run(self.experiment_id, name=info.study_name[:250], tags=tags)
@@ -150,7 +149,7 @@ class StudyTracker:
             log.warning("could not summarise study %s in MLflow: %s", info.study_name, e)
         finally:
             if error:
-                self.store.set_tag(self.parent_id, "runner.error", error)
+                self.store.set_tag(self.parent_id, contract.ERROR, error)
             # With cooperating sweep processes the first to finish ends the parent and the
             # last one ends it again, with the final summary (the entry point's
             # close_open_runs would end it anyway).
@@ -164,7 +163,7 @@ class StudyTracker:
         while True:
             page = self.store.client.search_runs(
                 [self.experiment_id],
-                filter_string=f"tags.mlflow.parentRunId = '{self.parent_id}'",
+                filter_string=f"tags.`{contract.PARENT_RUN_ID}` = '{self.parent_id}'",
                 max_results=1000,
                 page_token=token,
             )
@@ -174,7 +173,7 @@ class StudyTracker:
                 break
         by_number: dict[int, Any] = {}
         for run in runs:
-            number = run.data.tags.get("runner.trial_number")
+            number = run.data.tags.get(contract.TRIAL_NUMBER)
             if number is None:
                 continue
             old = by_number.get(int(number))
@@ -201,12 +200,12 @@ class StudyTracker:
                 best = study.best_trial
                 best_numbers = [best.number]
                 metrics.append(("best_value", float(best.value)))
-                tags["runner.best_params"] = json.dumps(best.params, default=str)
-                tags["runner.best_trial_number"] = str(best.number)
+                tags[contract.BEST_PARAMS] = json.dumps(best.params, default=str)
+                tags[contract.BEST_TRIAL_NUMBER] = str(best.number)
                 for key, value in best.params.items():
                     tags[f"best.{key}"] = str(value)
                 if best.number in children:
-                    tags["runner.best_run_id"] = children[best.number].info.run_id
+                    tags[contract.BEST_RUN_ID] = children[best.number].info.run_id
             else:
                 front = study.best_trials
                 best_numbers = [t.number for t in front]
@@ -225,8 +224,8 @@ class StudyTracker:
                 self.store.log_files(
                     self.parent_id, {"pareto_front.json": json.dumps(pareto, indent=2, default=str)}
                 )
-                tags["runner.pareto_trials"] = json.dumps(best_numbers)
-                tags["runner.best_run_id"] = ",".join(
+                tags[contract.PARETO_TRIALS] = json.dumps(best_numbers)
+                tags[contract.BEST_RUN_ID] = ",".join(
                     children[n].info.run_id for n in best_numbers if n in children
                 )
         ts = _now_ms()
@@ -240,13 +239,14 @@ class StudyTracker:
             self._plots(study, info)
 
     def _tag_best(self, children: dict[int, Any], best: set[int]) -> None:
-        # The same rule as runner.best.tag_best: the best carry the tag, the others lose it.
+        # The same rule as runner.tracking.best.tag_best: the best carry the tag, the others
+        # lose it.
         for number, run in children.items():
-            has = run.data.tags.get(BEST_TAG) == "true"
+            has = run.data.tags.get(contract.BEST) == "true"
             if number in best and not has:
-                self.store.client.set_tag(run.info.run_id, BEST_TAG, "true")
-            elif number not in best and BEST_TAG in run.data.tags:
-                self.store.client.delete_tag(run.info.run_id, BEST_TAG)
+                self.store.client.set_tag(run.info.run_id, contract.BEST, "true")
+            elif number not in best and contract.BEST in run.data.tags:
+                self.store.client.delete_tag(run.info.run_id, contract.BEST)
 
     def _plots(self, study: Any, info: StudyInfo) -> None:
         import warnings

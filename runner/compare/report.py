@@ -17,7 +17,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from runner.compare import Sort, finite_float, fmt_value, iso_time, objective_of
+from runner import contract
+from runner.compare.ranking import Sort, finite_float, fmt_value, iso_time, objective_of
 
 if TYPE_CHECKING:
     from mlflow.entities import Run
@@ -65,7 +66,7 @@ def _scored(runs: Sequence[Run], metric: str) -> list[Run]:
 
 
 def _trial_number(r: Run, index: int) -> int:
-    for tag in ("runner.trial_number", "optuna.trial_number", "runner.job_num"):
+    for tag in (contract.TRIAL_NUMBER, "optuna.trial_number", contract.JOB_NUM):
         value = r.data.tags.get(tag)
         if value is not None and value.isdigit():
             return int(value)
@@ -297,7 +298,7 @@ def _table(runs: Sequence[Run], params: Sequence[str], metrics: Sequence[str]) -
     rows = ["<tr>" + "".join(f"<th>{esc(h)}</th>" for h in head) + "</tr>"]
     for i, r in enumerate(runs, 1):
         cls = [r.info.status]
-        if r.data.tags.get("runner.best") == "true":
+        if r.data.tags.get(contract.BEST) == "true":
             cls.append("best")
         cells = [
             f'<td class="num">{i}</td>',

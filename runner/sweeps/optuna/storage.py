@@ -9,14 +9,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from runner import contract
 from runner.errors import ConfigError
 from runner.locks import file_lock
 from runner.tracking.redact import redact_text
 
 __all__ = [
-    "OWNER_ATTR",
-    "RETRY_ATTR",
-    "VOID_ATTR",
     "Heartbeat",
     "counted",
     "fail_stale",
@@ -29,12 +27,6 @@ __all__ = [
     "resolve_storage",
     "study_lock",
 ]
-
-#: Trial system attrs: which process runs it, and whether it counts towards n_trials.
-OWNER_ATTR = "runner.owner"
-VOID_ATTR = "runner.void"
-#: User attr of a re-queued trial: the number of the trial it re-runs.
-RETRY_ATTR = "runner.retry_of"
 
 
 def owner() -> str:
@@ -121,7 +113,7 @@ def _retry_stale(study: Any, trial: Any) -> None:
     ``runner.retry_of`` is what takes it out of the count (:func:`counted`).
     """
     if trial.params:
-        study.enqueue_trial(dict(trial.params), user_attrs={RETRY_ATTR: trial.number})
+        study.enqueue_trial(dict(trial.params), user_attrs={contract.RETRY_ATTR: trial.number})
 
 
 def make_storage(
@@ -235,15 +227,15 @@ def void_and_retry(study: Any, storage: Any, trial: Any) -> None:
 
     if trial.state != TrialState.RUNNING:
         return  # it finished after all (the interrupt came after its tell)
-    storage.set_trial_system_attr(trial._trial_id, VOID_ATTR, True)
+    storage.set_trial_system_attr(trial._trial_id, contract.VOID_ATTR, True)
     study.tell(trial.number, state=TrialState.FAIL)
     if trial.params:
-        study.enqueue_trial(dict(trial.params), user_attrs={RETRY_ATTR: trial.number})
+        study.enqueue_trial(dict(trial.params), user_attrs={contract.RETRY_ATTR: trial.number})
 
 
 def local_owner_alive(trial: Any) -> bool:
     """Whether ``trial``'s sweep process is a live process on this host."""
-    h, _, pid = str(trial.system_attrs.get(OWNER_ATTR, "")).rpartition(":")
+    h, _, pid = str(trial.system_attrs.get(contract.OWNER_ATTR, "")).rpartition(":")
     return h == socket.gethostname() and pid.isdigit() and _alive(int(pid))
 
 
@@ -258,7 +250,7 @@ def recover_stale(study: Any, storage: Any) -> list[int]:
     host = socket.gethostname()
     done: list[int] = []
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        who = str(trial.system_attrs.get(OWNER_ATTR, ""))
+        who = str(trial.system_attrs.get(contract.OWNER_ATTR, ""))
         h, _, pid = who.rpartition(":")
         if h == host and pid.isdigit() and not _alive(int(pid)):
             void_and_retry(study, storage, trial)
@@ -271,12 +263,12 @@ def counted(trials: list[Any]) -> list[Any]:
     not a FAIL whose params were queued again (a trial of a process that died)."""
     from optuna.trial import TrialState
 
-    retried = {t.user_attrs.get(RETRY_ATTR) for t in trials} - {None}
+    retried = {t.user_attrs.get(contract.RETRY_ATTR) for t in trials} - {None}
     return [
         t
         for t in trials
         if t.state != TrialState.WAITING
-        and not t.system_attrs.get(VOID_ATTR, False)
+        and not t.system_attrs.get(contract.VOID_ATTR, False)
         and not (t.state == TrialState.FAIL and t.number in retried)
     ]
 

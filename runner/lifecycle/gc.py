@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlparse
 
-from runner._lifecycle_runs import LifecycleError, Plan, fmt_ms, now_ms
+from runner.lifecycle.runs import LifecycleError, Plan, fmt_ms, now_ms
 from runner.tracking.store import public_uri, resolve_uri
 
 __all__ = ["artifact_bytes", "backend_store_for", "human_bytes", "plan_gc"]

@@ -19,15 +19,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from runner.best import BEST_TAG, tag_best
+from runner import contract
 from runner.errors import RunnerError
+from runner.tracking.best import tag_best
 
 if TYPE_CHECKING:
     from mlflow.entities import Experiment, Run
     from mlflow.tracking import MlflowClient
 
 __all__ = [
-    "CLOSED_REASON_TAG",
     "LifecycleError",
     "Plan",
     "experiment_by_name",
@@ -37,10 +37,8 @@ __all__ = [
     "plan_tag_best",
 ]
 
-PARENT_TAG = "mlflow.parentRunId"
-CLOSED_REASON_TAG = "runner.closed_reason"
-_PARENT_FILTER = f"tags.`{PARENT_TAG}` LIKE '%'"
-_BEST_FILTER = f"tags.`{BEST_TAG}` = 'true'"
+_PARENT_FILTER = f"tags.`{contract.PARENT_RUN_ID}` LIKE '%'"
+_BEST_FILTER = f"tags.`{contract.BEST}` = 'true'"
 # MLflow refuses to delete its Default experiment on some stores and recreates it on others;
 # archive never touches it.
 _DEFAULT_EXPERIMENT = "0"
@@ -265,7 +263,7 @@ def plan_archive(
             if e.experiment_id in kept:
                 plan.notes.append(
                     f"kept experiment {e.experiment_id} ({e.name}): it holds a run tagged "
-                    f"{BEST_TAG}=true (--keep-tagged best)"
+                    f"{contract.BEST}=true (--keep-tagged best)"
                 )
         idle = [e for e in idle if e.experiment_id not in kept]
     plan.targets = [
@@ -299,7 +297,7 @@ def _children(client: MlflowClient, experiment_ids: Iterable[str]) -> dict[str, 
     """``parent run id -> active child runs`` in ``experiment_ids`` (one paged search)."""
     out: dict[str, list[Run]] = {}
     for r in search_all(client, experiment_ids, _PARENT_FILTER):
-        out.setdefault(r.data.tags[PARENT_TAG], []).append(r)
+        out.setdefault(r.data.tags[contract.PARENT_RUN_ID], []).append(r)
     return out
 
 
@@ -342,7 +340,7 @@ def plan_prune_failed(
                 changed = True
 
     def depth(rid: str) -> int:
-        parent = by_id[rid].data.tags.get(PARENT_TAG)
+        parent = by_id[rid].data.tags.get(contract.PARENT_RUN_ID)
         return 1 + depth(parent) if parent is not None and parent in prune else 0
 
     # Children first: an interrupted prune never leaves a deleted parent over live children.
@@ -437,7 +435,7 @@ def plan_close_stale(
             )
             # Tag first: a crash between the two calls leaves the run RUNNING, so the next
             # close-stale picks it up again.
-            client.set_tag(r.info.run_id, CLOSED_REASON_TAG, reason)
+            client.set_tag(r.info.run_id, contract.CLOSED_REASON, reason)
             client.set_terminated(r.info.run_id, status=status, end_time=max(a, 1))
             report(f"closed {_run_label(r, names)} as {status}")
 
@@ -478,19 +476,19 @@ def plan_tag_best(
                 f"--sweep {sweep} belongs to experiment id {parent.info.experiment_id}, not to "
                 f"{experiment!r}; pass the sweep's own experiment."
             )
-        flt = f"tags.`{PARENT_TAG}` = '{sweep}'"
+        flt = f"tags.`{contract.PARENT_RUN_ID}` = '{sweep}'"
         scope += f", sweep {sweep}"
     runs = [r for r in search_all(client, [exp.experiment_id], flt) if r.info.run_id != sweep]
     ranked = [
-        r for r in runs if r.info.status == "FINISHED" and r.data.tags.get("runner.kind") != "sweep"
+        r for r in runs if r.info.status == "FINISHED" and r.data.tags.get(contract.KIND) != "sweep"
     ]
     if not ranked:
         raise LifecycleError(f"{scope} has no FINISHED run to rank; nothing was tagged.")
-    stray = [r for r in runs if r not in ranked and BEST_TAG in r.data.tags]
+    stray = [r for r in runs if r not in ranked and contract.BEST in r.data.tags]
     preview = tag_best(client, ranked, metric=metric, direction=direction, top=top, dry_run=True)
     plan = Plan(
         "tag-best",
-        f"tag the top {top} FINISHED runs of {scope} by {metric} with {BEST_TAG}=true",
+        f"tag the top {top} FINISHED runs of {scope} by {metric} with {contract.BEST}=true",
         destructive=False,
     )
     plan.targets = [f"tag {rid}" for rid in preview.tagged]
@@ -504,11 +502,11 @@ def plan_tag_best(
     def execute(report: Callable[[str], None]) -> None:
         res = tag_best(client, ranked, metric=metric, direction=direction, top=top)
         for rid in res.tagged:
-            report(f"tagged run {rid} {BEST_TAG}=true")
+            report(f"tagged run {rid} {contract.BEST}=true")
         for rid in res.untagged:
             report(f"untagged run {rid}")
         for r in stray:
-            client.delete_tag(r.info.run_id, BEST_TAG)
+            client.delete_tag(r.info.run_id, contract.BEST)
             report(f"untagged run {r.info.run_id} ({r.info.status})")
 
     plan.execute = execute

@@ -13,11 +13,11 @@ __all__ = ["OptunaSweep", "parse_space"]
 def __getattr__(name: str) -> Any:
     # Lazy: the plugin scan imports hydra_plugins, which must stay cheap.
     if name == "OptunaSweep":
-        from runner.optuna_sweep._core import OptunaSweep
+        from runner.sweeps.optuna._core import OptunaSweep
 
         return OptunaSweep
     if name == "parse_space":
-        from runner.optuna_sweep.space import parse_space
+        from runner.sweeps.optuna.space import parse_space
 
         return parse_space
     raise AttributeError(name)

@@ -16,8 +16,9 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from runner.tracking._state import state
+from runner import contract
 from runner.tracking.redact import redact_override
+from runner.tracking.session import state
 
 __all__ = ["ReplayCallback", "replay_runs"]
 
@@ -58,10 +59,10 @@ class ReplayCallback(Callback):
         new = [redact_override(str(o)) for o in raw]
         job.set_tags(
             {
-                "runner.replay_of": self.source_run_id,
-                "runner.replay.overrides": json.dumps(new),
-                "runner.overrides": json.dumps([*self.source_overrides, *new]),
-                "mlflow.note.content": self.note,
+                contract.REPLAY_OF: self.source_run_id,
+                contract.REPLAY_OVERRIDES: json.dumps(new),
+                contract.OVERRIDES: json.dumps([*self.source_overrides, *new]),
+                contract.NOTE: self.note,
             }
         )
         replay_runs.append(job.run_id)

@@ -12,11 +12,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from runner import contract
 from runner.errors import RunnerError
 
-__all__ = ["BEST_TAG", "BestResult", "rank", "tag_best"]
-
-BEST_TAG = "runner.best"
+__all__ = ["BestResult", "rank", "tag_best"]
 
 
 @dataclass
@@ -88,13 +87,13 @@ def tag_best(
     best_ids = {r.info.run_id for r in best}
     result = BestResult(best=[r.info.run_id for r in best])
     for r in runs:
-        has = r.data.tags.get(BEST_TAG) == "true"
+        has = r.data.tags.get(contract.BEST) == "true"
         if r.info.run_id in best_ids and not has:
             result.tagged.append(r.info.run_id)
             if not dry_run:
-                client.set_tag(r.info.run_id, BEST_TAG, "true")
-        elif r.info.run_id not in best_ids and BEST_TAG in r.data.tags:
+                client.set_tag(r.info.run_id, contract.BEST, "true")
+        elif r.info.run_id not in best_ids and contract.BEST in r.data.tags:
             result.untagged.append(r.info.run_id)
             if not dry_run:
-                client.delete_tag(r.info.run_id, BEST_TAG)
+                client.delete_tag(r.info.run_id, contract.BEST)
     return result

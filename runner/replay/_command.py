@@ -19,13 +19,14 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from runner import contract
 from runner.errors import DataError, RunnerError
 
 if TYPE_CHECKING:
     from mlflow.entities import Run
     from mlflow.tracking import MlflowClient
 
-    from runner._rebuild import ComposedJob
+    from runner.replay.rebuild import ComposedJob
 
 __all__ = ["main"]
 
@@ -181,7 +182,7 @@ def _check(
     rtol: float,
     expected_param_changes: set[str],
 ) -> bool:
-    from runner._replay_checks import compare_metrics, format_table, metric_table
+    from runner.replay.checks import compare_metrics, format_table, metric_table
 
     rows = compare_metrics(client, source, replay, rtol=rtol)
     print(metric_table(rows))
@@ -214,17 +215,17 @@ def _check(
 
 def replay(args: argparse.Namespace) -> int:
     """Replay ``args.run_id`` (see :func:`main` for the arguments)."""
-    from runner._logged import default_tracking_uri, fetch_config, get_run, open_client
-    from runner._rebuild import (
+    from runner.config import register
+    from runner.replay.callback import ReplayCallback, replay_runs
+    from runner.replay.checks import dataset_warnings, provenance_warnings, redacted_keys
+    from runner.replay.logged import default_tracking_uri, fetch_config, get_run, open_client
+    from runner.replay.rebuild import (
         allowed_targets,
         check_targets,
         choices_from_params,
         compose,
         write_config_dir,
     )
-    from runner._replay_callback import replay_runs
-    from runner._replay_checks import dataset_warnings, provenance_warnings, redacted_keys
-    from runner.config import register
     from runner.tracking import provenance
     from runner.tracking.store import public_uri
 
@@ -234,7 +235,7 @@ def replay(args: argparse.Namespace) -> int:
     client = open_client(uri)
     run = get_run(client, args.run_id)
     source = run.info.run_id
-    if run.data.tags.get("runner.kind") == "sweep":
+    if run.data.tags.get(contract.KIND) == "sweep":
         raise RunnerError(
             f"run {source} is a sweep's parent run, which has no job config of its own; replay "
             "one of its child runs (in the MLflow UI, expand the parent) instead."
@@ -252,7 +253,7 @@ def replay(args: argparse.Namespace) -> int:
     ):
         conf = Path(tmp)
         callback = {
-            "_target_": "runner._replay_callback.ReplayCallback",
+            "_target_": f"{ReplayCallback.__module__}.{ReplayCallback.__qualname__}",
             "source_run_id": source,
             "source_overrides": logged.overrides or [],
             "note": _note(run, overrides),
@@ -335,10 +336,3 @@ def main(argv: list[str] | None = None) -> int:
     except RunnerError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USAGE
-
-
-if __name__ == "__main__":
-    from runner.shutdown import quick_exit
-
-    quick_exit()
-    raise SystemExit(main())

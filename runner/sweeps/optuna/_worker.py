@@ -2,7 +2,7 @@
 
 ``n_jobs > 1`` uses a pool of worker processes (spawned, so no SQLite connection, thread or
 lock of the sweep process is inherited) that each run whole Hydra jobs with
-:func:`runner.hydra_job.run_job` (Hydra's ``run_job`` with fewer copies), as Hydra's joblib
+:func:`runner.sweeps.hydra_job.run_job` (Hydra's ``run_job`` with fewer copies), as Hydra's joblib
 launcher does. Hydra's launcher API launches batches and returns when the whole batch is
 done; running jobs one by one from a pool lets a new trial start as soon as any slot frees.
 """
@@ -13,7 +13,6 @@ import contextlib
 import importlib
 import logging
 import signal
-import sys
 from typing import Any
 
 from runner.interrupts import install
@@ -47,13 +46,6 @@ def warm(modules: list[str]) -> int:
     return os.getpid()
 
 
-def close_job_run(status: str) -> None:
-    """End the job's MLflow run (if the runner's callback started one) with ``status``."""
-    callback = sys.modules.get("runner.tracking.callback")
-    if callback is not None:
-        callback.close_job_run(status)
-
-
 def run_trial(
     *,
     hydra_context: Any,
@@ -68,7 +60,7 @@ def run_trial(
     """
     from hydra.core.utils import JobStatus
 
-    from runner.hydra_job import run_job
+    from runner.sweeps.hydra_job import run_job
 
     with activate(handle):
         try:
@@ -80,7 +72,10 @@ def run_trial(
                 job_subdir_key="hydra.sweep.subdir",
             )
         except KeyboardInterrupt:
-            # run_job catches Exception only: on_job_end never ran for this job.
+            # run_job catches Exception only: on_job_end never ran for this job. (Importing
+            # the session imports no MLflow: nothing to end when tracking is off.)
+            from runner.tracking.session import close_job_run
+
             close_job_run("KILLED")
             raise
     ok = ret.status == JobStatus.COMPLETED

@@ -7,6 +7,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from runner import contract
 from runner.tracking.params import flatten
 from runner.tracking.provenance import Provenance
 from runner.tracking.redact import REDACTED
@@ -24,8 +25,6 @@ __all__ = [
     "redacted_keys",
 ]
 
-_PKG = "runner.pkg."
-
 
 def _short(commit: str) -> str:
     return commit[:12]
@@ -39,7 +38,7 @@ def provenance_warnings(tags: Mapping[str, str], now: Provenance) -> list[str]:
         now: The provenance of the code that will run the replay.
     """
     out: list[str] = []
-    then = tags.get("runner.git.commit")
+    then = tags.get(contract.GIT_COMMIT)
     if then and now.git_commit and then != now.git_commit:
         out.append(
             f"the source run was logged at commit {_short(then)}, the code here is at "
@@ -53,7 +52,7 @@ def provenance_warnings(tags: Mapping[str, str], now: Provenance) -> list[str]:
         )
     elif not then:
         out.append("the source run recorded no git commit, so its code cannot be compared.")
-    if tags.get("runner.git.dirty") == "true":
+    if tags.get(contract.GIT_DIRTY) == "true":
         out.append(
             "the source run's working tree had uncommitted changes (its "
             "provenance/git_diff.patch artifact holds them); a replay runs without them."
@@ -62,10 +61,14 @@ def provenance_warnings(tags: Mapping[str, str], now: Provenance) -> list[str]:
         out.append(
             "the working tree here has uncommitted changes (git status); they run in the replay."
         )
-    py = tags.get("runner.python")
+    py = tags.get(contract.PYTHON)
     if py and py != now.python:
         out.append(f"Python differs: {py} then, {now.python} now.")
-    then_pkgs = {k[len(_PKG) :]: v for k, v in tags.items() if k.startswith(_PKG)}
+    then_pkgs = {
+        k[len(contract.PKG_PREFIX) :]: v
+        for k, v in tags.items()
+        if k.startswith(contract.PKG_PREFIX)
+    }
     for name in sorted(set(then_pkgs) | set(now.packages)):
         a, b = then_pkgs.get(name), now.packages.get(name)
         if a != b:
@@ -77,7 +80,7 @@ def provenance_warnings(tags: Mapping[str, str], now: Provenance) -> list[str]:
 
 def dataset_warnings(tags: Mapping[str, str], digest_now: str, *, overridden: bool) -> list[str]:
     """A warning when the dataset's content digest differs from the source run's."""
-    then = tags.get("runner.dataset_digest")
+    then = tags.get(contract.DATASET_DIGEST)
     if not then:
         return ["the source run recorded no dataset digest, so its data cannot be compared."]
     if then == digest_now:

@@ -1,8 +1,8 @@
 """``python -m runner.lifecycle``: keep a tracking store tidy, safely.
 
 Subcommands: ``archive``, ``prune-failed``, ``close-stale``, ``tag-best``, ``gc`` and
-``policy FILE`` (all of them, in order, from a config in ``conf/lifecycle/``). Every command
-plans first (reads only; every check happens here), prints the plan, asks before a
+``policy FILE`` (all of them, in order, from a config in ``runner/resources/lifecycle/``).
+Every command plans first (reads only; every check happens here), prints the plan, asks before a
 destructive change unless ``--yes``, and with ``--dry-run`` stops after the plan. Everything
 goes through ``MlflowClient`` (a local SQLite store or a tracking server alike) except ``gc``,
 which is MLflow's own ``gc`` on the backend store.
@@ -17,13 +17,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from runner.durations import parse_duration
 from runner.errors import RunnerError
+from runner.lifecycle.durations import parse_duration
 
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
 
-    from runner._lifecycle_runs import Plan
+    from runner.lifecycle.runs import Plan
 
 __all__ = ["build_parser", "main"]
 
@@ -102,8 +102,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="the tracking database; required when --tracking-uri is a server",
     )
 
-    p = add("policy", "run the routine a policy file describes (conf/lifecycle/default.yaml)")
-    p.add_argument("file", help="policy YAML, or the name of one in conf/lifecycle/")
+    p = add(
+        "policy",
+        "run the routine a policy file describes (runner/resources/lifecycle/default.yaml)",
+    )
+    p.add_argument("file", help="policy YAML, or the name of one in runner/resources/lifecycle/")
     p.add_argument("overrides", nargs="*", help="OmegaConf dotlist overrides: steps.0.x=y")
     return parser
 
@@ -132,7 +135,7 @@ def _connect(uri: str) -> MlflowClient:
 # -- one command ------------------------------------------------------------------------------
 def _cutoff(text: str) -> tuple[int, int]:
     """``(older_than_ms, cutoff_ms)`` of an ``--older-than`` value."""
-    from runner._lifecycle_runs import now_ms
+    from runner.lifecycle.runs import now_ms
 
     ms = int(parse_duration(text, what="--older-than").total_seconds() * 1000)
     return ms, now_ms() - ms
@@ -140,8 +143,8 @@ def _cutoff(text: str) -> tuple[int, int]:
 
 def make_plan(args: argparse.Namespace, uri: str) -> Plan:
     """Build (and so validate) the plan of one subcommand; reads only."""
-    from runner import _lifecycle_gc as gcmod
-    from runner import _lifecycle_runs as runs
+    from runner.lifecycle import gc as gcmod
+    from runner.lifecycle import runs
 
     older_ms, cutoff = _cutoff(args.older_than)
     if args.command == "gc":
@@ -176,7 +179,7 @@ def make_plan(args: argparse.Namespace, uri: str) -> Plan:
 
 
 def _plan_tag_best(args: argparse.Namespace, uri: str) -> Plan:
-    from runner._lifecycle_runs import plan_tag_best
+    from runner.lifecycle.runs import plan_tag_best
 
     if args.top < 1:
         raise RunnerError(f"--top {args.top}: it must be at least 1.")
@@ -248,15 +251,15 @@ def _policy_file(name: str) -> Path:
     path = Path(name)
     if path.is_file():
         return path
-    # A bare name (`default`) means a policy shipped in conf/lifecycle/.
+    # A bare name (`default`) means a policy shipped in runner/resources/lifecycle/.
     from importlib.resources import files
 
-    shipped = Path(str(files("runner.conf") / "lifecycle" / f"{path.stem}.yaml"))
+    shipped = Path(str(files("runner.resources") / "lifecycle" / f"{path.stem}.yaml"))
     if path.suffix in ("", ".yaml") and path.parent == Path() and shipped.is_file():
         return shipped
     raise RunnerError(
         f"policy file {name!r} does not exist; pass a YAML path such as "
-        "conf/lifecycle/default.yaml (or the name of one there: default)."
+        "runner/resources/lifecycle/default.yaml (or the name of one there: default)."
     )
 
 
@@ -300,7 +303,7 @@ def _load_policy(file: str, overrides: Sequence[str]) -> tuple[dict[str, Any], P
         raise RunnerError(f"policy file {path} cannot be read: {e}") from None
     if not isinstance(data, dict) or not isinstance(data.get("steps"), list):
         raise RunnerError(
-            f"policy file {path} has no `steps:` list; see conf/lifecycle/default.yaml."
+            f"policy file {path} has no `steps:` list; see runner/resources/lifecycle/default.yaml."
         )
     return {str(k): v for k, v in data.items()}, path
 
@@ -370,10 +373,3 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 1
-
-
-if __name__ == "__main__":
-    from runner.shutdown import quick_exit
-
-    quick_exit()
-    raise SystemExit(main())

@@ -18,12 +18,12 @@ from hydra.core.utils import setup_globals
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from runner import interrupts
-from runner.composer import JobComposer
+from runner import contract, interrupts
 from runner.errors import ConfigError, RunnerError
-from runner.optuna_sweep import storage as st
-from runner.optuna_sweep.progress import Progress
-from runner.optuna_sweep.space import SearchSpace, format_value, parse_space
+from runner.sweeps.composer import JobComposer
+from runner.sweeps.optuna import storage as st
+from runner.sweeps.optuna.progress import Progress
+from runner.sweeps.optuna.space import SearchSpace, format_value, parse_space
 from runner.trial import Outcome, TrialHandle, TrialRef
 
 __all__ = ["OptunaSweep", "SweepError"]
@@ -174,7 +174,7 @@ class OptunaSweep:
             if defaults:
                 sets.insert(0, defaults)
         for params in sets:
-            study.enqueue_trial(params, user_attrs={"runner.warm_start": True})
+            study.enqueue_trial(params, user_attrs={contract.WARM_START_ATTR: True})
 
     # -- the sweep ------------------------------------------------------------------------
     def run(self, arguments: list[str]) -> Any:
@@ -195,7 +195,7 @@ class OptunaSweep:
     def _start_pool(self) -> cf.ProcessPoolExecutor:
         import sys
 
-        from runner.optuna_sweep import _worker
+        from runner.sweeps.optuna import _worker
 
         pool = cf.ProcessPoolExecutor(
             max_workers=self.n_jobs,
@@ -369,7 +369,7 @@ class OptunaSweep:
             trial = study.ask(fixed_distributions=space.distributions)
             # Owned before the lock is released: a survivor's stale check never sees it
             # ownerless.
-            storage.set_trial_system_attr(trial._trial_id, st.OWNER_ATTR, st.owner())
+            storage.set_trial_system_attr(trial._trial_id, contract.OWNER_ATTR, st.owner())
             if st.heartbeat_on(storage):
                 storage.record_heartbeat(trial._trial_id)  # stale-checked from its first beat
         return trial
@@ -439,7 +439,7 @@ class OptunaSweep:
     ) -> None:
         from hydra.core.utils import configure_log
 
-        from runner.optuna_sweep._worker import run_trial
+        from runner.sweeps.optuna._worker import run_trial
 
         while True:
             interrupts.checkpoint()  # between two trials: nothing of ours is half done
@@ -476,7 +476,7 @@ class OptunaSweep:
         import cloudpickle
         from hydra.core.singleton import Singleton
 
-        from runner.optuna_sweep import _worker
+        from runner.sweeps.optuna import _worker
 
         pool = self._pool
         assert pool is not None
@@ -592,7 +592,7 @@ class OptunaSweep:
         else:
             if result.error:
                 study._storage.set_trial_system_attr(
-                    trial._trial_id, "runner.error", result.error[:2000]
+                    trial._trial_id, contract.TRIAL_ERROR_ATTR, result.error[:2000]
                 )
             study.tell(trial, state=TrialState.FAIL)
         self.finished_here.append(result)

@@ -55,8 +55,8 @@ class UntrustedTargetError(RunnerError):
 
 
 def allowed_targets(extra: Iterable[str] = ()) -> list[str]:
-    """The allow-listed ``_target_`` prefixes: ``conf/replay.yaml`` plus ``extra``."""
-    text = resources.files("runner.conf").joinpath("replay.yaml").read_text(encoding="utf-8")
+    """The allow-listed ``_target_`` prefixes: ``runner/resources/replay.yaml`` plus ``extra``."""
+    text = resources.files("runner.resources").joinpath("replay.yaml").read_text(encoding="utf-8")
     conf = OmegaConf.to_container(OmegaConf.create(text))
     listed = conf.get("allowed_targets") or [] if isinstance(conf, dict) else []
     return [str(p) for p in [*listed, *extra]]
@@ -108,7 +108,7 @@ def check_targets(resolved: Mapping[str, Any], prefixes: Sequence[str], *, run_i
     hint = (
         "A config read from a tracking store can name any callable. If you trust the run's "
         "author, pass --trust, or allow the prefix with --allow-target PREFIX (or in "
-        "allowed_targets of conf/replay.yaml)."
+        "allowed_targets of runner/resources/replay.yaml)."
     )
     allowed = ", ".join(prefixes) or "nothing"
     for where, target in find_targets(resolved):

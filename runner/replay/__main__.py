@@ -1,0 +1,10 @@
+"""``python -m runner.replay``."""
+
+from __future__ import annotations
+
+from runner.replay._command import main
+from runner.shutdown import quick_exit
+
+if __name__ == "__main__":
+    quick_exit()
+    raise SystemExit(main())

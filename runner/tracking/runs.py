@@ -1,0 +1,169 @@
+"""How a job's run and a sweep's parent run are made: name, tags, params, files.
+
+The callback (:mod:`runner.tracking.callback`) calls these; the Optuna study's parent
+(:mod:`runner.tracking.study`) shares the tags and overrides.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from runner import contract, interrupts
+from runner import trial as trial_mod
+from runner.errors import RunnerError, TrackingError
+from runner.tracking import provenance
+from runner.tracking.job import JobRun
+from runner.tracking.params import config_params, public_config
+from runner.tracking.parents import SweepParents
+from runner.tracking.redact import redact_file, redact_override
+from runner.tracking.session import launch_dir, store_for, uri_of
+from runner.tracking.store import Store, public_uri
+
+__all__ = [
+    "as_runner_error",
+    "common_tags",
+    "create_parent",
+    "job_artifacts",
+    "logged_overrides",
+    "redact_hydra_files",
+    "start_job",
+    "sweep_dir_of",
+]
+
+
+def common_tags(config: DictConfig, store: Store) -> dict[str, str]:
+    prov = provenance.collect(launch_dir(config))
+    tags = prov.tags()
+    tags[contract.BACKEND] = str(OmegaConf.select(config, "backend.name", default="local"))
+    tags[contract.TRACKING_URI] = public_uri(store.buffered_for or store.uri)
+    if store.buffered_for:
+        # `python -m runner.sync` replays the run there and removes this tag.
+        tags[contract.BUFFERED_FOR] = public_uri(store.buffered_for)
+    tags[contract.SOURCE_NAME] = "runner"
+    return tags
+
+
+def logged_overrides(config: DictConfig) -> list[str]:
+    raw = OmegaConf.select(config, "hydra.overrides.task", default=None) or []
+    return [redact_override(str(o)) for o in raw]
+
+
+def create_parent(
+    store: Store,
+    experiment_id: str,
+    config: DictConfig,
+    sweep_dir: Path,
+    recorded: list[str] | None,
+) -> str:
+    # Parents made by a job (a sweep over datasets) name the sweep's overrides, not the job's.
+    overrides = recorded if recorded is not None else logged_overrides(config)
+    tags = common_tags(config, store)
+    tags.update(
+        {
+            contract.KIND: "sweep",
+            contract.SWEEP_DIR: str(sweep_dir.resolve()),
+            contract.OVERRIDES: json.dumps(overrides),
+        }
+    )
+    name = "sweep " + (" ".join(overrides) if overrides else sweep_dir.name)
+    return store.create_run(experiment_id, name=name[:250], tags=tags)
+
+
+def sweep_dir_of(config: DictConfig) -> Path:
+    return Path(str(OmegaConf.select(config, "hydra.sweep.dir")))
+
+
+def redact_hydra_files(config: DictConfig) -> None:
+    # Hydra writes the raw overrides (secrets included) before any callback runs.
+    out = OmegaConf.select(config, "hydra.runtime.output_dir", default=None)
+    sub = OmegaConf.select(config, "hydra.output_subdir", default=None)
+    if out and sub:
+        for name in ("config.yaml", "hydra.yaml", "overrides.yaml"):
+            redact_file(Path(out) / str(sub) / name)
+    if OmegaConf.select(config, "hydra.mode", default=None) is not None and str(
+        config.hydra.mode
+    ).endswith("MULTIRUN"):
+        redact_file(sweep_dir_of(config) / "multirun.yaml")
+
+
+def job_artifacts(
+    config: DictConfig, public: dict[str, Any], prov: provenance.Provenance
+) -> dict[str, str]:
+    import yaml
+
+    files = {"config.yaml": yaml.safe_dump(public, sort_keys=False)}
+    out = OmegaConf.select(config, "hydra.runtime.output_dir", default=None)
+    sub = OmegaConf.select(config, "hydra.output_subdir", default=None)
+    if out and sub:
+        for name in ("config.yaml", "hydra.yaml", "overrides.yaml"):
+            path = Path(out) / str(sub) / name
+            if path.is_file():
+                files[f".hydra/{name}"] = path.read_text(encoding="utf-8")
+    if prov.git_dirty and prov.git_diff:
+        files["provenance/git_diff.patch"] = prov.git_diff
+    return files
+
+
+def start_job(config: DictConfig) -> JobRun:
+    store = store_for(uri_of(config), config)
+    experiment = str(config.experiment_name)
+    exp_id = store.experiment_id(experiment)
+    hc = config.hydra
+    multirun = str(hc.mode).endswith("MULTIRUN")
+    parent = None
+    if multirun:
+        sweep_dir = sweep_dir_of(config)
+        parent = SweepParents(sweep_dir).get_or_create(
+            store.uri, exp_id, lambda rec: create_parent(store, exp_id, config, sweep_dir, rec)
+        )
+    choices: Mapping[str, Any] = OmegaConf.to_container(hc.runtime.choices)  # type: ignore[assignment]
+    # The logged config.yaml and the params come from one resolved, redacted copy.
+    public = public_config(config, skip=frozenset({"hydra"}))
+    params = config_params(public, choices)
+    prov = provenance.collect(launch_dir(config))
+    tags = common_tags(config, store)
+    overrides = logged_overrides(config)
+    tags.update(
+        {
+            contract.KIND: "job",
+            contract.OVERRIDES: json.dumps(overrides),
+            contract.SEED: str(OmegaConf.select(config, "seed", default="")),
+            contract.OUTPUT_DIR: str(hc.runtime.output_dir),
+        }
+    )
+    name = f"{choices.get('model', 'model')}-{choices.get('dataset', 'data')}"
+    trial = trial_mod.current()
+    if trial is not None:
+        tags[contract.TRIAL_NUMBER] = str(trial.number)
+        tags[contract.STUDY] = trial.ref.study_name
+    if multirun:
+        tags[contract.JOB_NUM] = str(hc.job.num)
+        name = f"{name}-{hc.job.num}"
+    run_id: str | None = None
+    try:
+        # A kill between creating the run and holding its id would leave it RUNNING.
+        with interrupts.held():
+            run_id = store.create_run(exp_id, name=name, tags=tags, parent_id=parent)
+        store.log_batch(run_id, params=params)
+        store.log_files(run_id, job_artifacts(config, public, prov))
+        store.activate(run_id)
+        flush = OmegaConf.select(config, "tracking.flush_every_s", default=10.0)
+        return JobRun(store, run_id, flush_every_s=float(flush))
+    except BaseException as e:
+        # Ctrl-C or SIGTERM while the run is being set up is a kill, not a failure.
+        if run_id is not None:
+            store.end_run(run_id, "KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED")
+        raise
+
+
+def as_runner_error(e: BaseException) -> BaseException:
+    if isinstance(e, RunnerError) or not isinstance(e, Exception):
+        return e
+    err = TrackingError(f"MLflow tracking could not start: {type(e).__name__}: {e}")
+    err.__cause__ = e
+    return err

@@ -1,0 +1,175 @@
+"""Per-process tracking state: the stores this process opened, its job's run, its sweep.
+
+Hydra turns exceptions raised inside callbacks into warnings, so a callback that cannot start
+a run records the error here and :meth:`State.current` re-raises it inside the job, where it
+fails the job as it should. Under process launchers every process has its own state. The
+entry points end whatever is still open on every way out (:func:`close_open_runs`); tests
+start afresh with :func:`reset`.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from runner import contract, interrupts
+from runner import trial as trial_mod
+from runner.errors import ConfigError, TrackingError
+from runner.tracking.backends import backend_of
+from runner.tracking.job import JobRun, NullRun
+from runner.tracking.parents import SweepParents
+from runner.tracking.store import Store, check_reachable, ensure_store, resolve_uri
+
+__all__ = [
+    "BUFFER_DIR",
+    "ON_UNAVAILABLE",
+    "State",
+    "Sweep",
+    "close_job_run",
+    "close_open_runs",
+    "enabled",
+    "launch_dir",
+    "reset",
+    "state",
+    "store_for",
+    "uri_of",
+]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Sweep:
+    """A sweep this process launched (its parents are ended here)."""
+
+    uri: str
+    dir: Path
+
+
+class State:
+    """The tracking state of this process."""
+
+    def __init__(self) -> None:
+        self.job: JobRun | NullRun | None = None
+        self.job_error: BaseException | None = None
+        self.sweep: Sweep | None = None
+
+    def current(self) -> JobRun | NullRun:
+        """The job's run; raises the error that kept the callback from starting it."""
+        if self.job_error is not None:
+            raise self.job_error
+        return self.job if self.job is not None else NullRun()
+
+
+state = State()
+
+
+_stores: dict[str, Store] = {}
+
+#: Where runs go while the tracking server is down (``tracking.on_unavailable=buffer``).
+BUFFER_DIR = ".runner_buffer"
+ON_UNAVAILABLE = ("fail", "buffer")
+
+
+def store_for(uri: str, config: DictConfig | None = None) -> Store:
+    # One client per store and process; the reachability check and the schema creation run
+    # once per store and process, before the first run is created.
+    if uri in _stores:
+        return _stores[uri]
+    try:
+        check_reachable(uri)
+        ensure_store(uri)
+    except TrackingError as e:
+        if config is None or on_unavailable(config) != "buffer":
+            raise
+        buffer = resolve_uri(f"sqlite:///{BUFFER_DIR}/mlflow.db", Path(launch_dir(config)))
+        Path(buffer[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
+        log.warning(
+            "%s Buffering runs in %s instead (tracking.on_unavailable=buffer); replay them "
+            "with `python -m runner.sync` once the server is back.",
+            e,
+            buffer,
+        )
+        store = store_for(buffer)
+        store.buffered_for = uri
+        _stores[uri] = store
+        return store
+    root = OmegaConf.select(config, "backend.artifact_root", default=None) if config else None
+    _stores[uri] = Store(uri, artifact_root=str(root) if root else None)
+    return _stores[uri]
+
+
+def on_unavailable(config: DictConfig) -> str:
+    value = str(OmegaConf.select(config, "tracking.on_unavailable", default="fail"))
+    if value not in ON_UNAVAILABLE:
+        raise ConfigError(
+            f"tracking.on_unavailable is {value!r}; it must be one of {', '.join(ON_UNAVAILABLE)}."
+        )
+    return value
+
+
+def enabled(config: DictConfig) -> bool:
+    return bool(OmegaConf.select(config, "backend.enabled", default=False))
+
+
+def uri_of(config: DictConfig) -> str:
+    return backend_of(config, Path(launch_dir(config))).uri
+
+
+def launch_dir(config: DictConfig) -> str:
+    return str(OmegaConf.select(config, "hydra.runtime.cwd", default=None) or Path.cwd())
+
+
+def close_job_run(status: str) -> None:
+    """End this process's job run (if open) with ``status``; sweep parents stay open.
+
+    The Optuna sweeper calls this when Ctrl-C or SIGTERM interrupts a trial's job, which
+    Hydra's ``run_job`` lets through without calling ``on_job_end``.
+    """
+    job, state.job, state.job_error = state.job, None, None
+    if isinstance(job, JobRun):
+        try:
+            job.set_tags({contract.TRIAL_STATE: "FAIL"} if trial_mod.current() else {})
+            job.finish(status)
+        except Exception as e:
+            log.error("could not end run %s: %s", job.run_id, e)
+
+
+def close_open_runs(status: str, error: BaseException | None = None) -> None:
+    """End whatever this process left open: its job's run and its sweep's parents.
+
+    The entry point calls this on every way out (success, error, Ctrl-C, SIGTERM), since
+    Hydra calls ``on_multirun_end`` only when a sweep returns normally. A second Ctrl-C
+    meanwhile is ignored: it would leave the rest RUNNING.
+    """
+    with interrupts.held(drop=True):
+        _close_open_runs(status, error)
+
+
+def _close_open_runs(status: str, error: BaseException | None) -> None:
+    job, state.job = state.job, None
+    if isinstance(job, JobRun):
+        try:
+            job.finish(status, error=error)
+        except Exception as e:
+            log.error("could not end run %s: %s", job.run_id, e)
+    sweep, state.sweep = state.sweep, None
+    if sweep is None:
+        return
+    for uri, parents in SweepParents(sweep.dir).all().items():
+        store = store_for(uri)
+        for run_id in parents.values():
+            try:
+                if store.client.get_run(run_id).info.status == "RUNNING":
+                    store.end_run(run_id, status)
+            except Exception as e:
+                log.error("could not end sweep run %s: %s", run_id, e)
+
+
+def reset() -> None:
+    """Forget this process's stores, job and sweep (tests start each from nothing)."""
+    state.job, state.job_error, state.sweep = None, None, None
+    _stores.clear()
