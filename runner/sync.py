@@ -48,16 +48,10 @@ def _chunks(items: list[Any], size: int) -> list[list[Any]]:
 def _all_runs(client: MlflowClient) -> list[Run]:
     from mlflow.entities import ViewType
 
-    exps = [e.experiment_id for e in client.search_experiments(view_type=ViewType.ALL)]
-    runs: list[Run] = []
-    for exps_chunk in _chunks(exps, 100):
-        token = None
-        while True:
-            page = client.search_runs(exps_chunk, max_results=1000, page_token=token)
-            runs.extend(page)
-            token = page.token
-            if not token:
-                break
+    from runner.tracking.reader import search_experiments, search_runs
+
+    exps = [e.experiment_id for e in search_experiments(client, view_type=ViewType.ALL)]
+    runs: list[Run] = search_runs(client, exps)
     # Parents first, so that each child's parent already has its copy.
     return sorted(
         runs, key=lambda r: (contract.PARENT_RUN_ID in r.data.tags, r.info.start_time or 0)

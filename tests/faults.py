@@ -27,6 +27,7 @@ import json
 import os
 import signal
 import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -94,7 +95,9 @@ def arm(point: str, n: int, marker: Path) -> None:
         counts[name] = counts.get(name, 0) + 1
         if n and name == point and counts[name] == n:
             marker.write_text("fired")
-            os.kill(os.getpid(), signal.SIGTERM)
+            # To the main thread, where Python's handler runs: sent to the process, it could
+            # be taken by another thread (SQLAlchemy's, MLflow's) a moment later.
+            signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGTERM)
 
     for name in dict.fromkeys((*POINTS, point)):
         _patch(name, on_call)

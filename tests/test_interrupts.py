@@ -10,8 +10,8 @@ aim at single instants, in process.
 from __future__ import annotations
 
 import contextlib
-import os
 import signal
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -27,19 +27,18 @@ from tests.helpers import compose_cfg
 
 @pytest.fixture
 def sigterm_interrupts() -> Iterator[None]:
-    """SIGTERM raises KeyboardInterrupt, as under ``python -m runner``."""
-    previous = signal.signal(signal.SIGTERM, interrupts.terminate)
-    try:
+    """An app of the user's: SIGTERM raises KeyboardInterrupt, SIGINT is Python's own."""
+    with _handlers(interrupts.terminate):
         yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
-@pytest.fixture
-def cooperative() -> Iterator[None]:
-    """The runner's own processes: :func:`runner.interrupts.install`, undone afterwards."""
+@contextlib.contextmanager
+def _handlers(sigterm: object) -> Iterator[None]:
+    # SIGINT as in a terminal: pytest may have been started with it ignored (a background
+    # job of a non-interactive shell, as a CI script can be).
     previous = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
-    interrupts.install()
+    signal.signal(signal.SIGTERM, sigterm)  # type: ignore[arg-type]
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         yield
     finally:
@@ -48,9 +47,20 @@ def cooperative() -> Iterator[None]:
             signal.signal(s, h)
 
 
+@pytest.fixture
+def cooperative() -> Iterator[None]:
+    """The runner's own processes: :func:`runner.interrupts.install`, undone afterwards."""
+    with _handlers(signal.SIG_DFL):
+        interrupts.install()
+        yield
+
+
 def _kill_self(signum: int = signal.SIGTERM) -> None:
-    os.kill(os.getpid(), signum)
-    # Python runs the handler at the next bytecode; make sure it has run before returning.
+    # To the main thread itself: a signal to the process may be taken by another thread
+    # (MLflow's, SQLAlchemy's), whose C handler can run after this returns. Sent to the
+    # calling thread it is taken before pthread_kill returns, and Python runs its handler
+    # at the next bytecode, inside this loop.
+    signal.pthread_kill(threading.main_thread().ident or 0, signum)
     for _ in range(3):
         pass
 
@@ -144,14 +154,9 @@ _STEPS = hs.lists(hs.sampled_from(["held", "user", "exit", "signal", "checkpoint
 @settings(max_examples=300, deadline=None)
 @given(steps=_STEPS)
 def test_a_single_signal_never_lands_in_a_held_block_and_is_never_lost(steps: list[str]) -> None:
-    previous = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
-    interrupts.install()
-    try:
+    with _handlers(signal.SIG_DFL):
+        interrupts.install()
         _run_steps(steps)
-    finally:
-        interrupts._state.__init__()  # type: ignore[misc]
-        for s, h in previous.items():
-            signal.signal(s, h)
 
 
 def _run_steps(steps: list[str]) -> None:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import os
 import re
 import sys
 from collections.abc import Sequence
@@ -33,16 +32,13 @@ from runner.compare.ranking import (
     varying_params,
 )
 from runner.errors import RunnerError
+from runner.tracking.reader import PAGE_SIZE
 
 if TYPE_CHECKING:
     from mlflow.entities import Run
     from mlflow.tracking import MlflowClient
 
 __all__ = ["CSV_FIXED_COLUMNS", "main", "render_table", "select_runs", "write_csv"]
-
-#: Runs per search page; the same page size as ``mlflow.search_runs`` (the SQL stores and
-#: the server accept up to 50,000).
-PAGE_SIZE = 10_000
 
 #: The CSV's leading columns; ``params.<key>`` (sorted) and ``metrics.<key>`` (sorted) follow.
 CSV_FIXED_COLUMNS = (
@@ -65,24 +61,6 @@ DEFAULT_LIMIT = 50
 
 
 # -- selection ----------------------------------------------------------------------------
-
-
-def default_tracking_uri() -> str:
-    """``MLFLOW_TRACKING_URI``, else ``sqlite:///<cwd>/mlflow.db`` (the runner's default)."""
-    from runner.tracking.store import resolve_uri
-
-    return resolve_uri(os.environ.get("MLFLOW_TRACKING_URI") or None, Path.cwd())
-
-
-def _check_store(uri: str) -> None:
-    # A missing SQLite file would silently become a new, empty store.
-    if uri.startswith("sqlite:///"):
-        path = Path(uri[len("sqlite:///") :])
-        if str(path) != ":memory:" and not path.is_file():
-            raise CompareError(
-                f"there is no tracking store at {uri} (no such file). Run the command where "
-                "your mlflow.db is, or pass --tracking-uri / set MLFLOW_TRACKING_URI."
-            )
 
 
 def _mlflow_message(e: Exception) -> str:
@@ -156,27 +134,22 @@ def select_runs(
         ids = _experiment_ids(client, experiment)
     if not ids:
         return []
-    runs: list[Run] = []
-    token: str | None = None
-    while True:
-        try:
-            page = client.search_runs(
-                ids,
-                filter_string=" and ".join(conditions),
-                run_view_type=ViewType.ACTIVE_ONLY,
-                max_results=page_size,
-                page_token=token,
-            )
-        except MlflowException as e:
-            raise CompareError(
-                f"MLflow rejected the filter {filter_string!r}: {_mlflow_message(e)}. "
-                "The syntax is MLflow's search syntax, e.g. \"params.model = 'xgb' and "
-                'metrics.val_accuracy > 0.9" (https://mlflow.org/docs/latest/search-runs.html).'
-            ) from None
-        runs.extend(page)
-        token = page.token
-        if not token:
-            break
+    from runner.tracking.reader import search_runs
+
+    try:
+        runs: list[Run] = search_runs(
+            client,
+            ids,
+            " and ".join(conditions),
+            view_type=ViewType.ACTIVE_ONLY,
+            page_size=page_size,
+        )
+    except MlflowException as e:
+        raise CompareError(
+            f"MLflow rejected the filter {filter_string!r}: {_mlflow_message(e)}. "
+            "The syntax is MLflow's search syntax, e.g. \"params.model = 'xgb' and "
+            'metrics.val_accuracy > 0.9" (https://mlflow.org/docs/latest/search-runs.html).'
+        ) from None
     # Sweep parents carry no params or metrics of their own: they would be empty rows.
     return [r for r in runs if r.data.tags.get(contract.KIND) != "sweep"]
 
@@ -343,19 +316,15 @@ def _describe(args: argparse.Namespace) -> str:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from mlflow.tracking import MlflowClient
-
     from runner.tracking.best import tag_best
-    from runner.tracking.store import public_uri, resolve_uri
+    from runner.tracking.store import command_uri, connect, public_uri
 
     if args.top is not None and args.top < 1:
         raise CompareError(f"--top is {args.top}; it must be at least 1.")
     if args.limit < 0:
         raise CompareError(f"--limit is {args.limit}; it must be 0 (all rows) or more.")
-    uri = resolve_uri(args.tracking_uri, Path.cwd()) if args.tracking_uri else None
-    uri = uri or default_tracking_uri()
-    _check_store(uri)
-    client = MlflowClient(tracking_uri=uri)
+    uri = command_uri(args.tracking_uri)
+    client = connect(uri)
     runs = select_runs(
         client, experiment=args.experiment, sweep=args.sweep, filter_string=args.filter
     )

@@ -11,7 +11,6 @@ which is MLflow's own ``gc`` on the backend store.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -113,23 +112,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 # -- the store --------------------------------------------------------------------------------
 def _tracking_uri(arg: str | None) -> str:
-    from runner.tracking.store import resolve_uri
+    from runner.tracking.store import command_uri
 
-    return resolve_uri(arg or os.environ.get("MLFLOW_TRACKING_URI") or None, Path.cwd())
+    return command_uri(arg)
 
 
 def _connect(uri: str) -> MlflowClient:
-    from mlflow.tracking import MlflowClient
+    from runner.tracking.store import connect
 
-    from runner.tracking.store import check_reachable
-
-    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///") :]).is_file():
-        raise RunnerError(
-            f"there is no tracking store at {uri} (the file does not exist); pass "
-            "--tracking-uri or set MLFLOW_TRACKING_URI to the store to tidy."
-        )
-    check_reachable(uri)
-    return MlflowClient(tracking_uri=uri)
+    return connect(uri)
 
 
 # -- one command ------------------------------------------------------------------------------

@@ -154,19 +154,9 @@ def _global_tracking_uri(uri: str) -> Iterator[None]:
 def _deleted_runs(store: Any, experiment_id: str) -> list[Any]:
     from mlflow.entities import ViewType
 
-    runs: list[Any] = []
-    token = None
-    while True:
-        page = store.search_runs(
-            experiment_ids=[experiment_id],
-            filter_string="",
-            run_view_type=ViewType.DELETED_ONLY,
-            page_token=token,
-        )
-        runs.extend(page)
-        token = page.token
-        if not token:
-            return runs
+    from runner.tracking.reader import search_runs
+
+    return search_runs(store, [experiment_id], view_type=ViewType.DELETED_ONLY)
 
 
 def plan_gc(
@@ -182,18 +172,11 @@ def plan_gc(
     cutoff = now_ms() - older_than_ms
     run_ids = sorted(store._get_deleted_runs(older_than=older_than_ms))
     model_ids = sorted(store._get_deleted_logged_models(older_than=older_than_ms))
-    exps: list[Any] = []
-    token = None
-    while True:
-        page = store.search_experiments(
-            view_type=ViewType.DELETED_ONLY,
-            filter_string=f"last_update_time < {cutoff}",
-            page_token=token,
-        )
-        exps.extend(page)
-        token = page.token
-        if not token:
-            break
+    from runner.tracking.reader import search_experiments
+
+    exps = search_experiments(
+        store, view_type=ViewType.DELETED_ONLY, filter_string=f"last_update_time < {cutoff}"
+    )
     # gc hard-deletes a deleted experiment with its deleted runs, but refuses (midway) when
     # one of those runs was deleted less than --older-than ago (a run deleted on its own
     # after its experiment was restored and deleted again): such experiments wait.

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from runner import contract
 from runner.errors import RunnerError
 from runner.tracking.best import tag_best
+from runner.tracking.reader import search_experiments, search_runs
 
 if TYPE_CHECKING:
     from mlflow.entities import Experiment, Run
@@ -42,7 +43,6 @@ _BEST_FILTER = f"tags.`{contract.BEST}` = 'true'"
 # MLflow refuses to delete its Default experiment on some stores and recreates it on others;
 # archive never touches it.
 _DEFAULT_EXPERIMENT = "0"
-_PAGE = 1000
 
 
 class LifecycleError(RunnerError):
@@ -103,32 +103,14 @@ def search_all(
     if not ids:
         return []
     view = ViewType.ALL if deleted_too else ViewType.ACTIVE_ONLY
-    runs: list[Run] = []
-    token = None
-    while True:
-        page = client.search_runs(
-            ids, filter_string, run_view_type=view, max_results=_PAGE, page_token=token
-        )
-        runs.extend(page)
-        token = page.token
-        if not token:
-            return runs
+    return search_runs(client, ids, filter_string, view_type=view)
 
 
 def active_experiments(client: MlflowClient) -> list[Experiment]:
     """Every active experiment (paged)."""
     from mlflow.entities import ViewType
 
-    exps: list[Experiment] = []
-    token = None
-    while True:
-        page = client.search_experiments(
-            view_type=ViewType.ACTIVE_ONLY, max_results=_PAGE, page_token=token
-        )
-        exps.extend(page)
-        token = page.token
-        if not token:
-            return exps
+    return search_experiments(client, view_type=ViewType.ACTIVE_ONLY)
 
 
 def experiment_by_name(client: MlflowClient, name: str) -> Experiment:

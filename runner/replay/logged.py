@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from runner.errors import RunnerError, TrackingError
-from runner.tracking.store import check_reachable, public_uri, resolve_uri
+from runner.tracking.store import command_uri, connect, public_uri
 
 if TYPE_CHECKING:
     from mlflow.entities import Run
@@ -42,31 +42,13 @@ class RunNotFoundError(RunnerError):
 
 
 def default_tracking_uri(uri: str | None = None) -> str:
-    """The store a command reads: ``uri``, else ``MLFLOW_TRACKING_URI``, else ./mlflow.db.
-
-    The same resolution as the runner's (relative SQLite paths are made absolute).
-    """
-    return resolve_uri(uri or os.environ.get("MLFLOW_TRACKING_URI") or None, Path.cwd())
+    """The store a command reads (see :func:`runner.tracking.store.command_uri`)."""
+    return command_uri(uri)
 
 
 def open_client(uri: str) -> MlflowClient:
-    """An ``MlflowClient`` on ``uri``, after checking within seconds that it can be read.
-
-    Raises:
-        TrackingError: The server does not answer, or the SQLite file does not exist (MLflow
-            would silently create an empty store there).
-    """
-    check_reachable(uri)
-    if uri.startswith("sqlite:///"):
-        db = Path(uri[len("sqlite:///") :])
-        if not db.is_file():
-            raise TrackingError(
-                f"there is no tracking store at {uri} (no file {db}). Pass the store that "
-                "holds the run with --tracking-uri URI, or set MLFLOW_TRACKING_URI."
-            )
-    from mlflow.tracking import MlflowClient
-
-    return MlflowClient(tracking_uri=uri)
+    """A client on ``uri``, checked first (see :func:`runner.tracking.store.connect`)."""
+    return connect(uri)
 
 
 def get_run(client: MlflowClient, run_id: str) -> Run:

@@ -30,6 +30,8 @@ if TYPE_CHECKING:
 __all__ = [
     "Store",
     "check_reachable",
+    "command_uri",
+    "connect",
     "ensure_store",
     "no_telemetry",
     "public_uri",
@@ -118,6 +120,33 @@ def check_reachable(uri: str, *, timeout: float = 5.0) -> None:
                 f"the SQLite tracking store {uri} is not writable; fix its permissions or "
                 "choose another backend.uri."
             )
+
+
+def command_uri(uri: str | None) -> str:
+    """The store a command reads: ``uri`` (``--tracking-uri``), else ``MLFLOW_TRACKING_URI``,
+    else ``mlflow.db`` in the current directory; made absolute as the runner's own is."""
+    return resolve_uri(uri or os.environ.get("MLFLOW_TRACKING_URI") or None, Path.cwd())
+
+
+def connect(uri: str) -> MlflowClient:
+    """A client on the existing store ``uri``, checked within seconds: every command's way in.
+
+    Raises:
+        TrackingError: The SQLite file does not exist (MLflow would silently create an empty
+            store there), or the tracking server does not answer.
+    """
+    if uri.startswith("sqlite:///"):
+        db = Path(uri[len("sqlite:///") :])
+        if str(db) != ":memory:" and not db.is_file():
+            raise TrackingError(
+                f"there is no tracking store at {uri} (no file {db}). Run the command where "
+                "your mlflow.db is, or pass --tracking-uri URI / set MLFLOW_TRACKING_URI."
+            )
+    check_reachable(uri)
+    no_telemetry()
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=uri)
 
 
 #: An arbitrary, fixed key for PostgreSQL's advisory lock around schema creation.

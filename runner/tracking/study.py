@@ -24,6 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 from runner import contract, interrupts
 from runner.locks import file_lock
 from runner.tracking.callback import MLflowCallback
+from runner.tracking.reader import search_runs
 from runner.tracking.runs import common_tags, logged_overrides
 from runner.tracking.session import store_for, uri_of
 
@@ -158,19 +159,11 @@ class StudyTracker:
     def _children(self) -> dict[int, Any]:
         """The parent's child runs by trial number (a finished run wins over a killed one)."""
         assert self.parent_id is not None
-        runs: list[Any] = []
-        token = None
-        while True:
-            page = self.store.client.search_runs(
-                [self.experiment_id],
-                filter_string=f"tags.`{contract.PARENT_RUN_ID}` = '{self.parent_id}'",
-                max_results=1000,
-                page_token=token,
-            )
-            runs.extend(page)
-            token = page.token
-            if not token:
-                break
+        runs = search_runs(
+            self.store.client,
+            [self.experiment_id],
+            f"tags.`{contract.PARENT_RUN_ID}` = '{self.parent_id}'",
+        )
         by_number: dict[int, Any] = {}
         for run in runs:
             number = run.data.tags.get(contract.TRIAL_NUMBER)
