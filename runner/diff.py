@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from runner import contract
+from runner.cli import add_tracking_uri, fail
 from runner.errors import RunnerError
 
 if TYPE_CHECKING:
@@ -46,12 +46,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("run_b", help="second run id (e.g. its replay)")
     p.add_argument("--all", action="store_true", help="show equal entries too")
     p.add_argument("--json", action="store_true", help="print JSON instead of tables")
-    p.add_argument(
-        "--tracking-uri",
-        default=None,
-        help="the store holding both runs (default: MLFLOW_TRACKING_URI, else "
-        "sqlite:///<cwd>/mlflow.db)",
-    )
+    add_tracking_uri(p, "the store holding both runs")
     return p
 
 
@@ -175,8 +170,7 @@ def main(argv: list[str] | None = None) -> int:
         client = open_client(default_tracking_uri(args.tracking_uri))
         a, b = get_run(client, args.run_a), get_run(client, args.run_b)
     except RunnerError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return fail(e)
     result = diff_runs(a, b, show_all=args.all)
     if args.json:
         print(json.dumps(result, indent=2, sort_keys=False))
@@ -186,7 +180,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from runner.shutdown import quick_exit
+    from runner.cli import run_main
 
-    quick_exit()
-    raise SystemExit(main())
+    run_main(main)

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
 
+from runner.cli import fail
 from runner.errors import ConfigError, RunnerError, TrackingError
 from runner.interrupts import handled, terminate
 
@@ -268,8 +269,7 @@ def main(argv: list[str] | None = None) -> int:
         # any job open it.
         ensure_store(p.store_uri)
     except RunnerError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return fail(e)
     previous = signal.signal(signal.SIGTERM, terminate)
     proc = subprocess.Popen(p.command, env={**os.environ, **p.env}, start_new_session=True)
     try:
@@ -299,7 +299,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from runner.shutdown import quick_exit
+    from runner.cli import run_main
 
-    quick_exit()
-    raise SystemExit(main())
+    run_main(main)

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from runner import contract
+from runner.cli import fail
 from runner.errors import RunnerError, TrackingError
 
 if TYPE_CHECKING:
@@ -204,8 +205,7 @@ def main(argv: list[str] | None = None) -> int:
         to = resolve_uri(args.to, Path.cwd()) if args.to else None
         result = sync(f"sqlite:///{args.buffer.resolve()}", to)
     except RunnerError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+        return fail(e)
     print(
         f"synced {len(result.synced)} run(s); {len(result.already)} already synced; "
         f"{len(result.running)} still running (not synced)"
@@ -216,7 +216,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from runner.shutdown import quick_exit
+    from runner.cli import run_main
 
-    quick_exit()
-    raise SystemExit(main())
+    run_main(main)

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from runner import contract
+from runner.cli import add_tracking_uri, fail
 from runner.compare.ranking import (
     CompareError,
     default_metrics,
@@ -296,11 +297,7 @@ def _parser() -> argparse.ArgumentParser:
         help="tag the best run (--top K: runs) runner.best=true; untag the others",
     )
     outs.add_argument("--fail-empty", action="store_true", help="exit 1 when no run is selected")
-    p.add_argument(
-        "--tracking-uri",
-        metavar="URI",
-        help="default: MLFLOW_TRACKING_URI, else sqlite:///<cwd>/mlflow.db",
-    )
+    add_tracking_uri(p, "the store holding the runs")
     return p
 
 
@@ -401,8 +398,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return _run(args)
     except RunnerError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return fail(e)
     except OSError as e:
         print(f"error: cannot write {e.filename}: {e.strerror}.", file=sys.stderr)
         return 2

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from runner.cli import add_tracking_uri, fail
 from runner.errors import RunnerError
 from runner.lifecycle.durations import parse_duration
 
@@ -34,11 +35,7 @@ def _common(p: argparse.ArgumentParser, *, top: bool) -> None:
     # On the subcommands the defaults are SUPPRESS, so a flag given before the subcommand
     # is not overwritten by the subparser's default.
     d: Any = (lambda v: v) if top else (lambda v: argparse.SUPPRESS)
-    p.add_argument(
-        "--tracking-uri",
-        default=d(None),
-        help="tracking store (default: MLFLOW_TRACKING_URI, else sqlite:///<cwd>/mlflow.db)",
-    )
+    add_tracking_uri(p, "the store to tidy", default=d(None))
     p.add_argument(
         "--yes", "-y", action="store_true", default=d(False), help="do not ask for confirmation"
     )
@@ -351,8 +348,7 @@ def main(argv: list[str] | None = None) -> int:
         uri = _tracking_uri(args.tracking_uri)
         return _carry_out(_plan(args, uri), yes=args.yes, dry_run=args.dry_run)
     except RunnerError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return fail(e)
     except Exception as e:
         from mlflow.exceptions import MlflowException
 

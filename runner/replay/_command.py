@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from runner import contract
+from runner.cli import EXIT_FAILED, EXIT_OK, add_tracking_uri, fail
 from runner.errors import DataError, RunnerError
 
 if TYPE_CHECKING:
@@ -30,7 +31,6 @@ if TYPE_CHECKING:
 
 __all__ = ["main"]
 
-EXIT_OK, EXIT_CHECK_FAILED, EXIT_USAGE = 0, 1, 2
 
 #: The backend of a replay: the store given by --tracking-uri (through the environment, so
 #: the logged config keeps its `${oc.env:...}` reference and no URI lands in a file).
@@ -82,12 +82,7 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="rebuild, check and print the config, run nothing",
     )
-    p.add_argument(
-        "--tracking-uri",
-        default=None,
-        help="the store holding the run, where the replay logs too "
-        "(default: MLFLOW_TRACKING_URI, else sqlite:///<cwd>/mlflow.db)",
-    )
+    add_tracking_uri(p, "the store holding the run, where the replay logs too")
     return p
 
 
@@ -310,7 +305,7 @@ def replay(args: argparse.Namespace) -> int:
             "the messages above say why.",
             file=sys.stderr,
         )
-        return EXIT_CHECK_FAILED
+        return EXIT_FAILED
     new = replay_runs[-1]
     status = client.get_run(new).info.status
     print(f"replay run {new} of {source}: {status}", file=sys.stderr)
@@ -320,10 +315,10 @@ def replay(args: argparse.Namespace) -> int:
             "and the messages above say why.",
             file=sys.stderr,
         )
-        return EXIT_CHECK_FAILED
+        return EXIT_FAILED
     if args.check:
         ok = _check(client, source, new, rtol=args.rtol, expected_param_changes=set(changes))
-        return EXIT_OK if ok else EXIT_CHECK_FAILED
+        return EXIT_OK if ok else EXIT_FAILED
     return EXIT_OK
 
 
@@ -334,5 +329,4 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return replay(args)
     except RunnerError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return EXIT_USAGE
+        return fail(e)

@@ -15,7 +15,7 @@ from typing import Any
 from runner import contract
 from runner.errors import RunnerError
 
-__all__ = ["BestResult", "rank", "tag_best"]
+__all__ = ["BestResult", "mark_best", "rank", "tag_best"]
 
 
 @dataclass
@@ -84,8 +84,16 @@ def tag_best(
     if top < 1:
         raise RunnerError(f"top is {top}; it must be at least 1.")
     best = rank(runs, metric=metric, direction=direction)[:top]
-    best_ids = {r.info.run_id for r in best}
-    result = BestResult(best=[r.info.run_id for r in best])
+    return mark_best(client, runs, [r.info.run_id for r in best], dry_run=dry_run)
+
+
+def mark_best(
+    client: Any, runs: Sequence[Any], best: Sequence[str], *, dry_run: bool = False
+) -> BestResult:
+    """The tagging rule: the runs ``best`` (ids) carry ``runner.best=true``, the other runs
+    of ``runs`` lose it. The Optuna sweeper calls it with Optuna's best trials' runs."""
+    best_ids = set(best)
+    result = BestResult(best=list(best))
     for r in runs:
         has = r.data.tags.get(contract.BEST) == "true"
         if r.info.run_id in best_ids and not has:

@@ -23,6 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from runner import contract, interrupts
 from runner.locks import file_lock
+from runner.tracking.best import mark_best
 from runner.tracking.callback import MLflowCallback
 from runner.tracking.reader import search_runs
 from runner.tracking.runs import common_tags, logged_overrides
@@ -232,14 +233,8 @@ class StudyTracker:
             self._plots(study, info)
 
     def _tag_best(self, children: dict[int, Any], best: set[int]) -> None:
-        # The same rule as runner.tracking.best.tag_best: the best carry the tag, the others
-        # lose it.
-        for number, run in children.items():
-            has = run.data.tags.get(contract.BEST) == "true"
-            if number in best and not has:
-                self.store.client.set_tag(run.info.run_id, contract.BEST, "true")
-            elif number not in best and contract.BEST in run.data.tags:
-                self.store.client.delete_tag(run.info.run_id, contract.BEST)
+        ids = [run.info.run_id for number, run in children.items() if number in best]
+        mark_best(self.store.client, list(children.values()), ids)
 
     def _plots(self, study: Any, info: StudyInfo) -> None:
         import warnings
