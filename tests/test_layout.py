@@ -19,20 +19,6 @@ from tests.conftest import ROOT
 
 RUNNER = ROOT / "runner"
 
-#: Modules outside runner/tracking/ that still talk to MLflow themselves: the commands'
-#: reads move behind runner/tracking/ next (issue 12). The list only shrinks: a new module
-#: importing mlflow fails, and so does a listed one that no longer does (remove it here).
-_MLFLOW_NOT_YET_BEHIND_TRACKING = frozenset(
-    {
-        "runner.compare._command",
-        "runner.lifecycle._command",
-        "runner.lifecycle.gc",
-        "runner.lifecycle.runs",
-        "runner.replay.logged",
-        "runner.sync",
-    }
-)
-
 
 def _modules() -> Iterator[tuple[str, Path]]:
     for path in sorted(RUNNER.rglob("*.py")):
@@ -78,11 +64,8 @@ def test_only_runner_tracking_imports_mlflow() -> None:
             continue
         if any(m.split(".")[0] == "mlflow" for m, _ in _imports(path, top_level_only=False)):
             importers.add(name)
-    assert importers <= _MLFLOW_NOT_YET_BEHIND_TRACKING, importers - _MLFLOW_NOT_YET_BEHIND_TRACKING
-    assert importers == _MLFLOW_NOT_YET_BEHIND_TRACKING, (
-        f"no longer import mlflow, remove them from the list: "
-        f"{_MLFLOW_NOT_YET_BEHIND_TRACKING - importers}"
-    )
+    # Type hints under `if TYPE_CHECKING:` are not imports; everything else counts.
+    assert not importers, f"only runner/tracking/ may import mlflow: {sorted(importers)}"
 
 
 def test_no_import_cycles() -> None:

@@ -64,23 +64,14 @@ DEFAULT_LIMIT = 50
 # -- selection ----------------------------------------------------------------------------
 
 
-def _mlflow_message(e: Exception) -> str:
-    return str(getattr(e, "message", None) or e).strip()
-
-
 def _experiment_ids(client: MlflowClient, experiment: str | None) -> list[str]:
-    if experiment is None:
-        return [e.experiment_id for e in client.search_experiments()]
-    exp = client.get_experiment_by_name(experiment)
-    if exp is None and experiment.isdigit():
-        from mlflow.exceptions import MlflowException
+    from runner.tracking.reader import find_experiment, search_experiments
 
-        try:
-            exp = client.get_experiment(experiment)
-        except MlflowException:
-            exp = None
+    if experiment is None:
+        return [e.experiment_id for e in search_experiments(client)]
+    exp = find_experiment(client, experiment)
     if exp is None or exp.lifecycle_stage == "deleted":
-        names = sorted(e.name for e in client.search_experiments())
+        names = sorted(e.name for e in search_experiments(client))
         raise CompareError(
             f"experiment {experiment!r} does not exist in this tracking store; it has: "
             f"{', '.join(repr(n) for n in names) or 'no experiments'}. Check the name, or "
@@ -110,21 +101,24 @@ def select_runs(
     Raises:
         CompareError: The experiment or the run does not exist, or the filter is invalid.
     """
-    from mlflow.entities import ViewType
-    from mlflow.exceptions import MlflowException
+    from runner.tracking.reader import ReadError, get_run, search_runs
 
     conditions = [filter_string.strip()] if filter_string and filter_string.strip() else []
     if sweep is not None:
         if not re.fullmatch(r"[0-9a-zA-Z_-]+", sweep):
             raise CompareError(f"{sweep!r} is not a run id (32 hex digits); pass a run id.")
         try:
-            parent = client.get_run(sweep)
-        except MlflowException as e:
+            parent = get_run(client, sweep)
+        except ReadError as e:
+            parent, why = None, f" ({e})"
+        else:
+            why = ""
+        if parent is None:
             raise CompareError(
-                f"run {sweep!r} does not exist in this tracking store ({_mlflow_message(e)}). "
-                "Pass the sweep's parent run id (its run name starts with 'sweep'), or check "
-                "the store (--tracking-uri)."
-            ) from None
+                f"run {sweep!r} does not exist in this tracking store{why}. Pass the sweep's "
+                "parent run id (its run name starts with 'sweep'), or check the store "
+                "(--tracking-uri)."
+            )
         conditions.insert(0, f"tags.`{contract.PARENT_RUN_ID}` = '{sweep}'")
         ids = (
             _experiment_ids(client, experiment)
@@ -135,19 +129,11 @@ def select_runs(
         ids = _experiment_ids(client, experiment)
     if not ids:
         return []
-    from runner.tracking.reader import search_runs
-
     try:
-        runs: list[Run] = search_runs(
-            client,
-            ids,
-            " and ".join(conditions),
-            view_type=ViewType.ACTIVE_ONLY,
-            page_size=page_size,
-        )
-    except MlflowException as e:
+        runs: list[Run] = search_runs(client, ids, " and ".join(conditions), page_size=page_size)
+    except ReadError as e:
         raise CompareError(
-            f"MLflow rejected the filter {filter_string!r}: {_mlflow_message(e)}. "
+            f"MLflow rejected the filter {filter_string!r}: {e}. "
             "The syntax is MLflow's search syntax, e.g. \"params.model = 'xgb' and "
             'metrics.val_accuracy > 0.9" (https://mlflow.org/docs/latest/search-runs.html).'
         ) from None

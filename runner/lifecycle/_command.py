@@ -350,9 +350,9 @@ def main(argv: list[str] | None = None) -> int:
     except RunnerError as e:
         return fail(e)
     except Exception as e:
-        from mlflow.exceptions import MlflowException
+        from runner.tracking.reader import is_store_error
 
-        if not isinstance(e, MlflowException):
+        if not is_store_error(e):
             raise
         print(
             f"error: the tracking store refused a request: {e}. Re-run the same command: "

@@ -97,20 +97,17 @@ def search_all(
     deleted_too: bool = False,
 ) -> list[Run]:
     """Every run of ``experiment_ids`` matching ``filter_string`` (paged, 1000 a request)."""
-    from mlflow.entities import ViewType
 
     ids = sorted(set(experiment_ids))
     if not ids:
         return []
-    view = ViewType.ALL if deleted_too else ViewType.ACTIVE_ONLY
-    return search_runs(client, ids, filter_string, view_type=view)
+    return search_runs(client, ids, filter_string, view="all" if deleted_too else "active")
 
 
 def active_experiments(client: MlflowClient) -> list[Experiment]:
     """Every active experiment (paged)."""
-    from mlflow.entities import ViewType
 
-    return search_experiments(client, view_type=ViewType.ACTIVE_ONLY)
+    return search_experiments(client)
 
 
 def experiment_by_name(client: MlflowClient, name: str) -> Experiment:
@@ -440,19 +437,21 @@ def plan_tag_best(
     Runs of the selection that are no longer best, and unfinished runs that carry the tag,
     lose it. Sweep parent runs are never ranked.
     """
-    from mlflow.exceptions import MlflowException
+    from runner.tracking.reader import ReadError, get_run
 
     exp = experiment_by_name(client, experiment)
     scope = f"experiment {experiment!r}"
     flt = ""
     if sweep:
         try:
-            parent = client.get_run(sweep)
-        except MlflowException:
+            parent = get_run(client, sweep)
+        except ReadError:
+            parent = None
+        if parent is None:
             raise LifecycleError(
                 f"--sweep {sweep!r} is not a run in this tracking store; pass the run id of a "
                 "sweep's parent run (tag runner.kind=sweep)."
-            ) from None
+            )
         if parent.info.experiment_id != exp.experiment_id:
             raise LifecycleError(
                 f"--sweep {sweep} belongs to experiment id {parent.info.experiment_id}, not to "

@@ -58,19 +58,20 @@ def get_run(client: MlflowClient, run_id: str) -> Run:
         RunNotFoundError: No such run in the store.
         TrackingError: The store failed to answer.
     """
-    from mlflow.exceptions import MlflowException
+    from runner.tracking import reader
 
     uri = public_uri(str(client.tracking_uri))
     try:
-        return client.get_run(run_id)
-    except MlflowException as e:
-        if e.error_code == "RESOURCE_DOES_NOT_EXIST" or "not found" in str(e).lower():
-            raise RunNotFoundError(
-                f"run {run_id!r} does not exist in the tracking store {uri}. Check the id (the "
-                "MLflow UI shows it on the run's page) or point --tracking-uri at the store "
-                "that holds the run."
-            ) from None
+        run = reader.get_run(client, run_id)
+    except reader.ReadError as e:
         raise TrackingError(f"reading run {run_id!r} from {uri} failed: {e}") from None
+    if run is None:
+        raise RunNotFoundError(
+            f"run {run_id!r} does not exist in the tracking store {uri}. Check the id (the "
+            "MLflow UI shows it on the run's page) or point --tracking-uri at the store "
+            "that holds the run."
+        )
+    return run
 
 
 @dataclass
