@@ -11,6 +11,7 @@ import os
 import signal
 from collections.abc import Callable
 from contextlib import AbstractContextManager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +20,9 @@ from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from runner import contract, interrupts
-from runner.errors import ConfigError, RunnerError
+from runner.errors import RunnerError
 from runner.sweeps.composer import JobComposer
+from runner.sweeps.optuna import setup
 from runner.sweeps.optuna import storage as st
 from runner.sweeps.optuna.progress import Progress
 from runner.sweeps.optuna.space import SearchSpace, format_value, parse_space
@@ -30,23 +32,23 @@ __all__ = ["OptunaSweep", "SweepError"]
 
 log = logging.getLogger("runner.optuna_sweep")
 
-DIRECTIONS = ("minimize", "maximize")
-
 
 class SweepError(RunnerError):
     """The study stopped (failure rate past ``max_failure_rate``, bad job return)."""
 
 
-def _directions(value: Any) -> list[str]:
-    raw = list(value) if isinstance(value, list | tuple) else [value]
-    out = [str(d).lower() for d in raw]
-    bad = [d for d in out if d not in DIRECTIONS]
-    if bad or not out:
-        raise ConfigError(
-            f"hydra.sweeper.direction is {value!r}; each direction must be minimize or "
-            "maximize (a list for multi-objective, e.g. '[maximize,minimize]')."
-        )
-    return out
+@dataclass
+class _Trials:
+    """What the trial loop shares: the study, how a trial is made, and the progress line."""
+
+    study: Any
+    storage: Any
+    #: The storage spec (:func:`storage.resolve_storage`), for the trials' workers.
+    spec: Any
+    space: SearchSpace
+    directions: list[str]
+    pruner: Any
+    progress: Progress
 
 
 class OptunaSweep:
@@ -71,110 +73,6 @@ class OptunaSweep:
         self._composer = JobComposer(hydra_context.config_loader, config)
         #: The study's lock (set once the study is known): count-and-ask holds it.
         self._study_lock: Callable[[], AbstractContextManager[Any]] = contextlib.nullcontext
-
-    # -- set-up ---------------------------------------------------------------------------
-    def _objectives(self, directions: list[str]) -> list[str]:
-        objective = OmegaConf.select(self.config, "objective", default=None)
-        if objective is None:
-            return (
-                [f"value_{i}" for i in range(len(directions))] if len(directions) > 1 else ["value"]
-            )
-        names = [str(o) for o in objective] if OmegaConf.is_list(objective) else [str(objective)]
-        if len(names) != len(directions):
-            raise ConfigError(
-                f"hydra.sweeper.direction has {len(directions)} direction(s) {directions} but "
-                f"the job's objective has {len(names)} ({names}). Give one direction per "
-                "objective."
-            )
-        return names
-
-    def _study_name(self, space: SearchSpace, directions: list[str]) -> str:
-        if self.sc.study_name:
-            return str(self.sc.study_name)
-        experiment = OmegaConf.select(self.config, "experiment_name", default=None) or str(
-            self.config.hydra.job.name
-        )
-        # The command minus sweeper/hydra knobs, so the same command finds the same study.
-        fixed = [o for o in space.fixed if not o.lstrip("+~").startswith(("hydra.", "backend."))]
-        probe = SearchSpace(space.distributions, fixed, space.raw)
-        return f"{experiment}-{probe.digest(directions)}"
-
-    def _validate(self, space: SearchSpace) -> None:
-        """Compose one trial's config before anything starts: unknown keys fail here."""
-        from optuna.distributions import CategoricalDistribution
-
-        probe = list(space.fixed)
-        for key, dist in space.distributions.items():
-            value = dist.choices[0] if isinstance(dist, CategoricalDistribution) else dist.low
-            probe.append(f"{key}={format_value(value)}")
-        try:
-            # Through the composer: the first trial reuses the template composed here.
-            self._composer.compose(probe)
-        except Exception as e:
-            msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise ConfigError(
-                f"the search space does not fit the config: {msg}. Swept keys: "
-                f"{', '.join(space.distributions) or '(none)'}. Check them against "
-                "`--cfg job` (a key that is not in the config needs +key=...)."
-            ) from None
-
-    def _sampler(self, space: SearchSpace, n_existing: int) -> Any:
-        from hydra.utils import instantiate
-
-        cfg = OmegaConf.to_container(self.sc.sampler, resolve=True)
-        assert isinstance(cfg, dict)
-        if cfg.get("seed") is not None:
-            # A resumed study must not replay the points it already tried: the seed moves
-            # on with the number of trials the study holds.
-            cfg["seed"] = int(cfg["seed"]) + n_existing
-        if str(cfg.get("_target_", "")).endswith("GridSampler"):
-            cfg["search_space"] = space.grid()
-        try:
-            return instantiate(cfg)
-        except Exception as e:
-            cause = e.__cause__ or e
-            raise ConfigError(
-                f"the sampler {cfg.get('_target_')} cannot be made: {cause}. Check "
-                "hydra.sweeper.sampler.* (for cmaes: pip install cmaes)."
-            ) from None
-
-    def _pruner(self) -> Any:
-        from hydra.utils import instantiate
-
-        cfg = OmegaConf.to_container(self.sc.pruner, resolve=True)
-        try:
-            return instantiate(cfg)
-        except Exception as e:
-            raise ConfigError(
-                f"the pruner cannot be made: {e.__cause__ or e}. Check hydra.sweeper.pruner.*"
-            ) from None
-
-    def _warm_start(self, study: Any, space: SearchSpace) -> None:
-        from optuna.distributions import CategoricalDistribution
-
-        if study.get_trials(deepcopy=False):
-            return  # once per study, not again on resume
-        sets: list[dict[str, Any]] = [dict(p) for p in (self.sc.enqueue or [])]
-        if self.sc.enqueue_defaults:
-            defaults: dict[str, Any] = {}
-            choices = OmegaConf.select(self.config, "hydra.runtime.choices", default={}) or {}
-            for key, dist in space.distributions.items():
-                value = (
-                    choices.get(key)
-                    if key in choices
-                    else OmegaConf.select(self.config, key, default=None)
-                )
-                if value is None:
-                    continue
-                if isinstance(dist, CategoricalDistribution):
-                    if value in dist.choices:
-                        defaults[key] = value
-                elif isinstance(value, int | float) and dist.low <= value <= dist.high:
-                    defaults[key] = value
-            if defaults:
-                sets.insert(0, defaults)
-        for params in sets:
-            study.enqueue_trial(params, user_attrs={contract.WARM_START_ATTR: True})
 
     # -- the sweep ------------------------------------------------------------------------
     def run(self, arguments: list[str]) -> Any:
@@ -202,7 +100,7 @@ class OptunaSweep:
             mp_context=multiprocessing.get_context("spawn"),
             initializer=_worker.init_worker,
         )
-        modules = ["optuna", "hydra.core.utils", "runner.app", *_target_modules(self.config)]
+        modules = ["optuna", "hydra.core.utils", "runner.app", *setup.target_modules(self.config)]
         if "runner.tracking.callback" in sys.modules:
             modules += ["mlflow", "runner.tracking.callback"]
         for _ in range(self.n_jobs):
@@ -224,11 +122,13 @@ class OptunaSweep:
         import optuna
 
         raw: Any = self.sc.direction
-        directions = _directions(OmegaConf.to_container(raw) if OmegaConf.is_list(raw) else raw)
+        directions = setup.parse_directions(
+            OmegaConf.to_container(raw) if OmegaConf.is_list(raw) else raw
+        )
         params = OmegaConf.to_container(self.sc.params, resolve=False) if self.sc.params else {}
         space = parse_space(params, list(arguments))  # type: ignore[arg-type]
-        objectives = self._objectives(directions)
-        self._validate(space)
+        objectives = setup.objectives(self.config, directions)
+        setup.validate(self._composer, space)
         spec = st.resolve_storage(
             OmegaConf.select(self.sc, "storage"), self.launch_dir, self.sweep_dir, self.n_jobs
         )
@@ -238,10 +138,10 @@ class OptunaSweep:
             heartbeat_interval=self.heartbeat if isinstance(spec, str) else None,
             grace_period=OmegaConf.select(self.sc, "grace_period", default=None),
         )
-        name = self._study_name(space, directions)
-        pruner = self._pruner()
+        name = setup.study_name(self.config, space, directions)
+        pruner = setup.pruner(self.config)
         existing = self._existing_trials(storage, name)
-        sampler = self._sampler(space, existing)
+        sampler = setup.sampler(self.config, space, existing)
         study = st.open_study(
             storage, name=name, directions=directions, sampler=sampler, pruner=pruner
         )
@@ -253,7 +153,7 @@ class OptunaSweep:
         # Two sweep processes starting at once would both see an empty study and both
         # enqueue the warm-start points.
         with info.lock():
-            self._warm_start(study, space)
+            setup.warm_start(self.config, study, space)
         self.sweep_dir.mkdir(parents=True, exist_ok=True)
         # Our own progress line/log lines say what Optuna's per-trial INFO lines would.
         optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -287,7 +187,7 @@ class OptunaSweep:
                 beat,
                 Progress(name, self.n_trials, str(self.sc.progress)) as progress,
             ):
-                self._loop(study, storage, spec, space, directions, pruner, progress)
+                self._loop(_Trials(study, storage, spec, space, directions, pruner, progress))
             status = "FINISHED"
         except KeyboardInterrupt:
             self._void_mine(study, storage)
@@ -399,59 +299,49 @@ class OptunaSweep:
             self._tell(study, trial, Outcome("FAIL", error=error), progress)
             return None
 
-    def _ref(self, trial: Any, spec: Any, directions: list[str], pruner: Any) -> TrialRef:
+    def _ref(self, trial: Any, ctx: _Trials) -> TrialRef:
         import optuna
 
         return TrialRef(
-            storage=spec,
+            storage=ctx.spec,
             study_name=trial.study.study_name,
             trial_id=trial._trial_id,
             number=trial.number,
-            directions=directions,
-            pruner=pruner,
-            pruning=not isinstance(pruner, optuna.pruners.NopPruner),
+            directions=ctx.directions,
+            pruner=ctx.pruner,
+            pruning=not isinstance(ctx.pruner, optuna.pruners.NopPruner),
         )
 
     def _loop(
         self,
-        study: Any,
-        storage: Any,
-        spec: Any,
-        space: SearchSpace,
-        directions: list[str],
-        pruner: Any,
-        progress: Progress,
+        ctx: _Trials,
     ) -> None:
         if self.n_jobs == 1:
-            self._loop_inline(study, storage, spec, space, directions, pruner, progress)
+            self._loop_inline(ctx)
         else:
-            self._loop_pool(study, storage, spec, space, directions, pruner, progress)
+            self._loop_pool(ctx)
 
     def _loop_inline(
         self,
-        study: Any,
-        storage: Any,
-        spec: Any,
-        space: SearchSpace,
-        directions: list[str],
-        pruner: Any,
-        progress: Progress,
+        ctx: _Trials,
     ) -> None:
         from hydra.core.utils import configure_log
 
         from runner.sweeps.optuna._worker import run_trial
 
+        study, progress = ctx.study, ctx.progress
+
         while True:
             interrupts.checkpoint()  # between two trials: nothing of ours is half done
-            trial = self._ask(study, storage, space)
+            trial = self._ask(study, ctx.storage, ctx.space)
             if trial is None:
                 if self._await_others(study):
                     continue
                 break
             self.mine[trial.number] = trial
             self._show(study, progress)
-            handle = TrialHandle(self._ref(trial, spec, directions, pruner), trial)
-            config = self._compose(study, trial, space, progress)
+            handle = TrialHandle(self._ref(trial, ctx), trial)
+            config = self._compose(study, trial, ctx.space, progress)
             if config is None:
                 continue
             result = run_trial(
@@ -465,19 +355,14 @@ class OptunaSweep:
 
     def _loop_pool(
         self,
-        study: Any,
-        storage: Any,
-        spec: Any,
-        space: SearchSpace,
-        directions: list[str],
-        pruner: Any,
-        progress: Progress,
+        ctx: _Trials,
     ) -> None:
         import cloudpickle
         from hydra.core.singleton import Singleton
 
         from runner.sweeps.optuna import _worker
 
+        study, progress = ctx.study, ctx.progress
         pool = self._pool
         assert pool is not None
         running: dict[cf.Future[Any], Any] = {}
@@ -489,17 +374,15 @@ class OptunaSweep:
             while True:
                 interrupts.checkpoint()
                 while not stop and len(running) < self.n_jobs:
-                    trial = self._ask(study, storage, space)
+                    trial = self._ask(study, ctx.storage, ctx.space)
                     if trial is None:
                         stop = True
                         break
                     self.mine[trial.number] = trial
-                    config = self._compose(study, trial, space, progress)
+                    config = self._compose(study, trial, ctx.space, progress)
                     if config is None:
                         continue
-                    payload = cloudpickle.dumps(
-                        (config, self._ref(trial, spec, directions, pruner))
-                    )
+                    payload = cloudpickle.dumps((config, self._ref(trial, ctx)))
                     running[pool.submit(_worker.run_trial_payload, sweep, payload)] = trial
                     self._show(study, progress)
                 if not running:
@@ -687,16 +570,3 @@ class OptunaSweep:
             value = study.best_value
             return value if math.isfinite(value) else None
         return [list(t.values) for t in study.best_trials]
-
-
-def _target_modules(config: DictConfig) -> list[str]:
-    """The modules of the model and dataset ``_target_`` a job instantiates (to pre-import)."""
-    modules = []
-    for key in ("model._target_", "dataset._target_"):
-        try:
-            target = OmegaConf.select(config, key, default=None)
-        except Exception:  # an interpolation only a job can resolve
-            continue
-        if isinstance(target, str) and "." in target:
-            modules.append(target.rsplit(".", 1)[0])
-    return modules
