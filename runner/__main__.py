@@ -38,7 +38,7 @@ def _hydra_main(cfg: DictConfig) -> float | list[float]:
 
 def main() -> None:
     """Entry point of ``python -m runner`` and the ``runner`` console script."""
-    from runner.interrupts import checkpoint, handled, install
+    from runner.interrupts import checkpoint, handled, install, pending
     from runner.shutdown import quick_exit
     from runner.tracking.session import close_open_runs
 
@@ -65,6 +65,11 @@ def main() -> None:
         raise
     finally:
         close_open_runs(status)
+        if status != "KILLED" and pending() is not None:
+            # The signal came during the final clean-up (which it never cuts short): the
+            # runs are ended as they ran, and the exit status says the user asked to stop.
+            print("interrupted during the final clean-up", file=sys.stderr)
+            raise SystemExit(130)
 
 
 if __name__ == "__main__":

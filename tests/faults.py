@@ -48,6 +48,8 @@ POINTS = (
     "runner.tracking.store:Store.log_files",
     "runner.tracking.store:Store.end_run",
     "runner.tracking.job:JobRun.finish",
+    # The entry point's final clean-up, after the last safe point.
+    "runner.tracking.session:close_open_runs",
     # Training (the user's code) and the job's own evaluation.
     "sklearn.linear_model._logistic:LogisticRegression.fit",
     "runner.metrics:evaluate",

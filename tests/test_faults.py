@@ -86,7 +86,7 @@ GRID_MOMENTS = [
 ]
 
 SINGLE = [*FAST]
-#: Moments of one job (12).
+#: Moments of one job (13).
 SINGLE_MOMENTS = [
     (SCHEMA, 1),
     (HYDRA, 1),
@@ -98,6 +98,7 @@ SINGLE_MOMENTS = [
     (STORE + "Store.log_files", 1),  # the config files, as the run starts
     ("runner.tracking.job:JobRun.finish", 1),  # the last batch of metrics and tags
     (STORE + "Store.end_run", 1),
+    ("runner.tracking.session:close_open_runs", 1),  # the final clean-up, after it all
     (SQL, 10),
     (SQL, 60),
 ]
