@@ -18,8 +18,8 @@ import sys
 from pathlib import Path
 
 from runner import contract
-from runner.cli import fail
-from runner.errors import RunnerError
+from runner.cli import EXIT_FAILED, fail
+from runner.errors import RunnerError, TrackingError
 from runner.tracking.transfer import SyncResult, sync
 
 __all__ = ["SyncResult", "main", "sync"]
@@ -54,6 +54,10 @@ def main(argv: list[str] | None = None) -> int:
 
         to = resolve_uri(args.to, Path.cwd()) if args.to else None
         result = sync(f"sqlite:///{args.buffer.resolve()}", to)
+    except TrackingError as e:
+        # The target failed (it does not answer, or refused a write): the documented 1.
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_FAILED
     except RunnerError as e:
         return fail(e)
     print(

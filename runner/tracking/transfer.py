@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from runner import contract
-from runner.errors import TrackingError
 
 if TYPE_CHECKING:
     from mlflow.entities import Run
@@ -150,7 +149,7 @@ def sync(buffer_uri: str, to: str | None = None) -> SyncResult:
             continue
         target = to or run.data.tags.get(contract.BUFFERED_FOR)
         if not target or "***" in target:
-            raise TrackingError(
+            raise RunnerError(
                 f"buffered run {rid} does not say which server it was meant for "
                 f"({contract.BUFFERED_FOR}={target!r}); pass --to URI (credentials in the "
                 "environment)."
