@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from runner import contract
+from runner.errors import RunnerError
 
 if TYPE_CHECKING:
     from mlflow.entities import Run
@@ -127,7 +128,8 @@ def sync(buffer_uri: str, to: str | None = None) -> SyncResult:
     """Replay every finished buffered run onto its server (or ``to``).
 
     Raises:
-        TrackingError: A target that does not answer, or runs with no known target.
+        TrackingError: A target that does not answer.
+        RunnerError: A buffered run names no target, and none was given.
     """
     from runner.tracking.store import check_reachable, ensure_store
 
