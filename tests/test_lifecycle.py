@@ -33,7 +33,7 @@ from tests.conftest import ROOT, run_cli
 DAY = 86_400_000
 HOUR = 3_600_000
 MINUTE = 60_000
-POLICY = str(ROOT / "conf" / "lifecycle" / "default.yaml")
+POLICY = str(ROOT / "runner" / "resources" / "lifecycle" / "default.yaml")
 
 
 def _now() -> int:
