@@ -13,8 +13,10 @@ copy of the task's part only. Everything a job sees is as under Hydra's: the tas
 from __future__ import annotations
 
 import copy
+import functools
 import os
 from pathlib import Path
+from typing import Any
 
 from hydra import version
 from hydra.core.hydra_config import HydraConfig
@@ -52,6 +54,15 @@ def task_config(config: DictConfig) -> DictConfig:
         config.__dict__["_content"] = content
 
 
+def _interruptible(task_function: TaskFunction) -> TaskFunction:
+    @functools.wraps(task_function)
+    def task(cfg: DictConfig) -> Any:
+        with interruptible():
+            return task_function(cfg)
+
+    return task
+
+
 def run_job(
     *,
     hydra_context: HydraContext,
@@ -64,7 +75,7 @@ def run_job(
     if config.hydra.job.chdir is None and not version.base_at_least("1.2"):
         # An app on Hydra 1.1's defaults (it changes directory, with a warning): Hydra's own.
         return hydra_run_job(
-            task_function,
+            _interruptible(task_function),
             config,
             job_dir_key,
             job_subdir_key,

@@ -37,6 +37,7 @@ __all__ = [
 
 
 def common_tags(config: DictConfig, store: Store) -> dict[str, str]:
+    """The tags every run of the runner carries: provenance, backend, tracking URI."""
     prov = provenance.collect(launch_dir(config))
     tags = prov.tags()
     tags[contract.BACKEND] = str(OmegaConf.select(config, "backend.name", default="local"))
@@ -49,6 +50,7 @@ def common_tags(config: DictConfig, store: Store) -> dict[str, str]:
 
 
 def logged_overrides(config: DictConfig) -> list[str]:
+    """The command line's overrides, secrets redacted (the ``runner.overrides`` tag)."""
     raw = OmegaConf.select(config, "hydra.overrides.task", default=None) or []
     return [redact_override(str(o)) for o in raw]
 
@@ -60,6 +62,7 @@ def create_parent(
     sweep_dir: Path,
     recorded: list[str] | None,
 ) -> str:
+    """Create a sweep's parent run (``recorded``: the sweep's overrides, if known)."""
     # Parents made by a job (a sweep over datasets) name the sweep's overrides, not the job's.
     overrides = recorded if recorded is not None else logged_overrides(config)
     tags = common_tags(config, store)
@@ -75,10 +78,12 @@ def create_parent(
 
 
 def sweep_dir_of(config: DictConfig) -> Path:
+    """The sweep's directory (``hydra.sweep.dir``)."""
     return Path(str(OmegaConf.select(config, "hydra.sweep.dir")))
 
 
 def redact_hydra_files(config: DictConfig) -> None:
+    """Redact the ``.hydra`` files and ``multirun.yaml`` Hydra wrote for this job."""
     # Hydra writes the raw overrides (secrets included) before any callback runs.
     out = OmegaConf.select(config, "hydra.runtime.output_dir", default=None)
     sub = OmegaConf.select(config, "hydra.output_subdir", default=None)
@@ -94,6 +99,7 @@ def redact_hydra_files(config: DictConfig) -> None:
 def job_artifacts(
     config: DictConfig, public: dict[str, Any], prov: provenance.Provenance
 ) -> dict[str, str]:
+    """The files a job's run gets: its resolved config, Hydra's files, the git diff."""
     import yaml
 
     files = {"config.yaml": yaml.safe_dump(public, sort_keys=False)}
@@ -110,6 +116,11 @@ def job_artifacts(
 
 
 def start_job(config: DictConfig) -> JobRun:
+    """Create the job's run (nested under its sweep's parent) with params and files.
+
+    Raises:
+        TrackingError: The store cannot be reached or refused a write.
+    """
     store = store_for(uri_of(config), config)
     experiment = str(config.experiment_name)
     exp_id = store.experiment_id(experiment)
@@ -162,6 +173,7 @@ def start_job(config: DictConfig) -> JobRun:
 
 
 def as_runner_error(e: BaseException) -> BaseException:
+    """``e`` as a :class:`RunnerError` the job can raise (interrupts stay as they are)."""
     if isinstance(e, RunnerError) or not isinstance(e, Exception):
         return e
     err = TrackingError(f"MLflow tracking could not start: {type(e).__name__}: {e}")

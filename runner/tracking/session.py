@@ -75,6 +75,14 @@ ON_UNAVAILABLE = ("fail", "buffer")
 
 
 def store_for(uri: str, config: DictConfig | None = None) -> Store:
+    """This process's :class:`Store` for ``uri``, opened (checked, schema made) once.
+
+    With ``tracking.on_unavailable=buffer`` in ``config``, an unreachable store is replaced
+    by a local buffer (``.runner_buffer/mlflow.db``) that ``python -m runner.sync`` replays.
+
+    Raises:
+        TrackingError: The store cannot be reached (and no buffer is configured).
+    """
     # One client per store and process; the reachability check and the schema creation run
     # once per store and process, before the first run is created.
     if uri in _stores:
@@ -103,6 +111,7 @@ def store_for(uri: str, config: DictConfig | None = None) -> Store:
 
 
 def on_unavailable(config: DictConfig) -> str:
+    """``tracking.on_unavailable``: ``fail`` (default) or ``buffer``."""
     value = str(OmegaConf.select(config, "tracking.on_unavailable", default="fail"))
     if value not in ON_UNAVAILABLE:
         raise ConfigError(
@@ -112,14 +121,17 @@ def on_unavailable(config: DictConfig) -> str:
 
 
 def enabled(config: DictConfig) -> bool:
+    """Whether the job's backend tracks at all (``backend=none`` does not)."""
     return bool(OmegaConf.select(config, "backend.enabled", default=False))
 
 
 def uri_of(config: DictConfig) -> str:
+    """The absolute tracking URI of the job's backend."""
     return backend_of(config, Path(launch_dir(config))).uri
 
 
 def launch_dir(config: DictConfig) -> str:
+    """Where the user launched the command (Hydra's ``runtime.cwd``)."""
     return str(OmegaConf.select(config, "hydra.runtime.cwd", default=None) or Path.cwd())
 
 
