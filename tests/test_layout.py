@@ -178,3 +178,25 @@ def test_help_lists_only_the_jobs_config_groups(tmp_path: Path) -> None:
     groups = proc.stdout.split("== Configuration groups ==")[1].split("== Config ==")[0]
     listed = {line.split(":")[0] for line in groups.splitlines() if ": " in line}
     assert listed == {"backend", "dataset", "model", "sweep"}, groups
+
+
+def test_commands_call_functions_not_argv() -> None:
+    # Replay runs the config it built through a function call (runner.sweeps.hydra_job.
+    # run_config), not by rewriting sys.argv and re-entering `python -m runner`.
+    writes = []
+    for name, path in _modules():
+        if name == "runner.__main__":  # moves -m to the front of its own command line
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            targets = (
+                node.targets
+                if isinstance(node, ast.Assign)
+                else [node.target]
+                if isinstance(node, ast.AugAssign | ast.AnnAssign)
+                else []
+            )
+            for target in targets:
+                base = target.value if isinstance(target, ast.Subscript) else target
+                if ast.unparse(base) == "sys.argv":
+                    writes.append(f"{name}:{node.lineno}")
+    assert not writes, writes

@@ -1,10 +1,10 @@
 """``python -m runner.replay <run_id>``: re-run a logged run exactly, optionally with changes.
 
 The job's config is rebuilt from the run's own artifacts (``.hydra/config.yaml`` and the
-group choices of ``.hydra/hydra.yaml``), never from today's ``conf/``, and runs through the
-entry point of ``python -m runner`` (its Hydra app, the MLflow callback, ``runner.app.run``),
-so the new run gets the same params. It is tagged ``runner.replay_of=<source id>`` and its
-description links the source run.
+group choices of ``.hydra/hydra.yaml``), never from today's ``conf/``, composed once, checked,
+and that very config runs (:func:`runner.sweeps.hydra_job.run_config`: Hydra's job steps,
+the MLflow callback, ``runner.app.run``), so the new run gets the same params. It is tagged
+``runner.replay_of=<source id>`` and its description links the source run.
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import signal
 import sys
 import tempfile
 from collections.abc import Iterator, Sequence
@@ -27,6 +26,7 @@ if TYPE_CHECKING:
     from mlflow.entities import Run
     from mlflow.tracking import MlflowClient
 
+    from runner.replay.callback import ReplayCallback
     from runner.replay.rebuild import ComposedJob
 
 __all__ = ["main"]
@@ -148,25 +148,40 @@ def _param_changes(composed: ComposedJob, run: Run) -> dict[str, tuple[str | Non
     }
 
 
-def _run_job(config_dir: Path, overrides: Sequence[str]) -> int:
-    """Run the rebuilt config through ``python -m runner``'s own entry point."""
-    from hydra.core.global_hydra import GlobalHydra
+def _run_job(composed: ComposedJob, callback: ReplayCallback) -> int:
+    """Run the composed, checked config itself (nothing is composed again), with the MLflow
+    callback it names and ``callback``, as ``python -m runner`` runs a job; the exit status.
 
-    from runner import __main__ as entry
+    Signals are handled as under ``python -m runner``: a Ctrl-C or SIGTERM ends the job's
+    run KILLED and gives 130.
+    """
+    from hydra.core.utils import JobStatus
 
-    argv, handler = sys.argv, signal.getsignal(signal.SIGTERM)
-    sys.argv = ["runner", "--config-path", str(config_dir), "--config-name", "config"]
-    sys.argv += list(overrides)
-    GlobalHydra.instance().clear()
-    try:
-        entry.main()
-        return 0
-    except SystemExit as e:
-        return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
-    finally:
-        sys.argv = argv
-        signal.signal(signal.SIGTERM, handler)
-        GlobalHydra.instance().clear()
+    from runner import interrupts
+    from runner.app import run
+    from runner.sweeps.hydra_job import run_config
+    from runner.tracking.session import close_open_runs
+
+    status = "FAILED"
+    with interrupts.installed():
+        try:
+            ret = run_config(composed.config, run, extra_callbacks=[callback])
+            interrupts.checkpoint()
+            if ret.status == JobStatus.COMPLETED:
+                status = "FINISHED"
+                return 0
+            error = ret._return_value  # not the property: it re-raises
+            print(
+                f"error: the replayed job raised {type(error).__name__}: {error}", file=sys.stderr
+            )
+            return 1
+        except KeyboardInterrupt:
+            status = "KILLED"
+            interrupts.handled()
+            print("interrupted: open runs were ended as KILLED", file=sys.stderr)
+            return 130
+        finally:
+            close_open_runs(status)
 
 
 def _check(
@@ -211,7 +226,7 @@ def _check(
 def replay(args: argparse.Namespace) -> int:
     """Replay ``args.run_id`` (see :func:`main` for the arguments)."""
     from runner.config import register
-    from runner.replay.callback import ReplayCallback, replay_runs
+    from runner.replay.callback import ReplayCallback
     from runner.replay.checks import dataset_warnings, provenance_warnings, redacted_keys
     from runner.replay.logged import default_tracking_uri, fetch_config, get_run, open_client
     from runner.replay.rebuild import (
@@ -247,15 +262,12 @@ def replay(args: argparse.Namespace) -> int:
         tempfile.TemporaryDirectory(prefix="runner-replay-conf-") as tmp,
     ):
         conf = Path(tmp)
-        callback = {
-            "_target_": f"{ReplayCallback.__module__}.{ReplayCallback.__qualname__}",
-            "source_run_id": source,
-            "source_overrides": logged.overrides or [],
-            "note": _note(run, overrides),
-        }
-        dropped = write_config_dir(
-            conf, _job_config(logged.job), choices, callbacks={"replay": callback}
+        callback = ReplayCallback(
+            source_run_id=source,
+            source_overrides=logged.overrides or [],
+            note=_note(run, overrides),
         )
+        dropped = write_config_dir(conf, _job_config(logged.job), choices, callbacks={})
         for key in dropped:
             _warn(f"the logged config of run {source} has a root `{key}` node; it was ignored.")
         composed = compose(conf, overrides, run_id=source)
@@ -297,16 +309,17 @@ def replay(args: argparse.Namespace) -> int:
             print(yaml.safe_dump(redact_tree(composed.resolved), sort_keys=False), end="")
             print("dry run: nothing was started.", file=sys.stderr)
             return EXIT_OK
-        started = len(replay_runs)
-        code = _run_job(conf, overrides)
-    if len(replay_runs) == started:
+        code = _run_job(composed, callback)
+    if code == 130:
+        return code
+    if callback.run_id is None:
         print(
             f"error: the replay of run {source} did not start a run (exit status {code}); "
             "the messages above say why.",
             file=sys.stderr,
         )
         return EXIT_FAILED
-    new = replay_runs[-1]
+    new = callback.run_id
     status = client.get_run(new).info.status
     print(f"replay run {new} of {source}: {status}", file=sys.stderr)
     if code != 0 or status != "FINISHED":

@@ -1,9 +1,7 @@
-"""The Hydra callback that marks a replay's run; ``runner.replay`` adds it to the config.
+"""The Hydra callback that marks a replay's run; ``runner.replay`` adds it to the job.
 
-It runs after the MLflow callback (Hydra calls ``on_job_start`` in list order), so the job's
-run exists: it tags the run and records its id for ``replay --check``. It lives in its own
-module because ``python -m runner.replay`` runs ``runner.replay`` as ``__main__``, and
-Hydra's instantiation would import a second copy of that module.
+Replay hands it to the job after the MLflow callback (Hydra calls ``on_job_start`` in list
+order), so the job's run exists: it tags the run and records its id for ``replay --check``.
 """
 
 from __future__ import annotations
@@ -20,12 +18,9 @@ from runner import contract
 from runner.tracking.redact import redact_override
 from runner.tracking.session import state
 
-__all__ = ["ReplayCallback", "replay_runs"]
+__all__ = ["ReplayCallback"]
 
 log = logging.getLogger(__name__)
-
-#: Run ids of the replays started in this process, in order.
-replay_runs: list[str] = []
 
 
 class ReplayCallback(Callback):
@@ -49,6 +44,8 @@ class ReplayCallback(Callback):
         self.source_run_id = source_run_id
         self.source_overrides = [str(o) for o in source_overrides]
         self.note = note
+        #: The replay's run, once the MLflow callback has started it.
+        self.run_id: str | None = None
 
     def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
         """Tag the run the MLflow callback just started."""
@@ -65,4 +62,4 @@ class ReplayCallback(Callback):
                 contract.NOTE: self.note,
             }
         )
-        replay_runs.append(job.run_id)
+        self.run_id = job.run_id

@@ -255,8 +255,11 @@ def compose(config_dir: Path, overrides: Sequence[str], *, run_id: str) -> Compo
     from omegaconf.errors import OmegaConfBaseException
 
     GlobalHydra.instance().clear()
+    previous = HydraConfig.instance().cfg
     try:
-        with initialize_config_dir(config_dir=str(config_dir), version_base="1.3"):
+        with initialize_config_dir(
+            config_dir=str(config_dir), job_name="runner", version_base="1.3"
+        ):
             cfg = hydra_compose("config", overrides=list(overrides), return_hydra_config=True)
             HydraConfig.instance().set_config(cfg)
             job = OmegaConf.masked_copy(cfg, [str(k) for k in cfg if k != "hydra"])
@@ -273,6 +276,7 @@ def compose(config_dir: Path, overrides: Sequence[str], *, run_id: str) -> Compo
         ) from None
     finally:
         GlobalHydra.instance().clear()
+        HydraConfig.instance().cfg = previous  # set above only to resolve ${hydra:...}
     return ComposedJob(config=cfg, resolved=resolved, choices=choices)  # type: ignore[arg-type]
 
 

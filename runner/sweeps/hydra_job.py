@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 import functools
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +36,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from runner.interrupts import interruptible
 
-__all__ = ["run_job", "task_config"]
+__all__ = ["run_config", "run_job", "task_config"]
 
 
 def task_config(config: DictConfig) -> DictConfig:
@@ -136,3 +137,48 @@ def run_job(
         hydra_config.cfg = orig_hydra_cfg
         if chdir:
             os.chdir(old_cwd)
+
+
+def run_config(
+    config: DictConfig,
+    task_function: TaskFunction,
+    *,
+    extra_callbacks: Sequence[Any] = (),
+) -> JobReturn:
+    """Run one job from a config already composed with its ``hydra`` node, as ``Hydra.run``
+    does (callbacks, output dir, ``.hydra`` files, logging), without composing it again.
+
+    Replay composes a run's config once, checks it, and runs exactly that object.
+
+    Args:
+        config: ``hydra.compose(..., return_hydra_config=True)``'s result.
+        task_function: The task.
+        extra_callbacks: Callback objects notified after the config's own.
+    """
+    from hydra._internal.callbacks import Callbacks
+    from hydra.core.utils import setup_globals
+    from hydra.types import RunMode
+
+    setup_globals()
+    with read_write(config.hydra), open_dict(config.hydra):
+        config.hydra.mode = RunMode.RUN
+    hydra_config = HydraConfig.instance()
+    previous = hydra_config.cfg
+    hydra_config.set_config(config)
+    try:
+        callbacks = Callbacks(config)
+        callbacks.callbacks.extend(extra_callbacks)
+        callbacks.on_run_start(config=config, config_name=None)
+        # run_job reads only the callbacks of the context; the loader is for sweepers.
+        context = HydraContext(config_loader=None, callbacks=callbacks)  # type: ignore[arg-type]
+        ret = run_job(
+            hydra_context=context,
+            task_function=task_function,
+            config=config,
+            job_dir_key="hydra.run.dir",
+            job_subdir_key=None,
+        )
+        callbacks.on_run_end(config=config, config_name=None, job_return=ret)
+        return ret
+    finally:
+        hydra_config.cfg = previous
