@@ -165,9 +165,10 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of ``python -m runner.diff``; returns the exit status."""
     args = _parser().parse_args(argv)
     try:
-        from runner.replay.logged import default_tracking_uri, get_run, open_client
+        from runner.replay.logged import get_run
+        from runner.tracking.store import command_uri, connect
 
-        client = open_client(default_tracking_uri(args.tracking_uri))
+        client = connect(command_uri(args.tracking_uri))
         a, b = get_run(client, args.run_a), get_run(client, args.run_b)
     except RunnerError as e:
         return fail(e)

@@ -19,10 +19,9 @@ from typing import TYPE_CHECKING, Any
 from runner.cli import add_tracking_uri, fail
 from runner.errors import RunnerError
 from runner.lifecycle.durations import parse_duration
+from runner.tracking.store import command_uri, connect
 
 if TYPE_CHECKING:
-    from mlflow.tracking import MlflowClient
-
     from runner.lifecycle.runs import Plan
 
 __all__ = ["build_parser", "main"]
@@ -107,19 +106,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-# -- the store --------------------------------------------------------------------------------
-def _tracking_uri(arg: str | None) -> str:
-    from runner.tracking.store import command_uri
-
-    return command_uri(arg)
-
-
-def _connect(uri: str) -> MlflowClient:
-    from runner.tracking.store import connect
-
-    return connect(uri)
-
-
 # -- one command ------------------------------------------------------------------------------
 def _cutoff(text: str) -> tuple[int, int]:
     """``(older_than_ms, cutoff_ms)`` of an ``--older-than`` value."""
@@ -142,7 +128,7 @@ def make_plan(args: argparse.Namespace, uri: str) -> Plan:
             older_than_ms=older_ms,
             older_than=args.older_than,
         )
-    client = _connect(uri)
+    client = connect(uri)
     if args.command == "archive":
         return runs.plan_archive(
             client,
@@ -172,7 +158,7 @@ def _plan_tag_best(args: argparse.Namespace, uri: str) -> Plan:
     if args.top < 1:
         raise RunnerError(f"--top {args.top}: it must be at least 1.")
     return plan_tag_best(
-        _connect(uri),
+        connect(uri),
         experiment=args.experiment,
         metric=args.metric,
         top=args.top,
@@ -298,7 +284,7 @@ def _load_policy(file: str, overrides: Sequence[str]) -> tuple[dict[str, Any], P
 
 def _run_policy(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     data, path = _load_policy(args.file, args.overrides)
-    uri = _tracking_uri(args.tracking_uri or data.get("tracking_uri"))
+    uri = command_uri(args.tracking_uri or data.get("tracking_uri"))
     steps: list[argparse.Namespace] = []
     for i, step in enumerate(data["steps"]):
         argv = _step_argv(step, i)
@@ -345,7 +331,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "policy":
             return _run_policy(args, parser)
-        uri = _tracking_uri(args.tracking_uri)
+        uri = command_uri(args.tracking_uri)
         return _carry_out(_plan(args, uri), yes=args.yes, dry_run=args.dry_run)
     except RunnerError as e:
         return fail(e)

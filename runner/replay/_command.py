@@ -228,7 +228,7 @@ def replay(args: argparse.Namespace) -> int:
     from runner.config import register
     from runner.replay.callback import ReplayCallback
     from runner.replay.checks import dataset_warnings, provenance_warnings, redacted_keys
-    from runner.replay.logged import default_tracking_uri, fetch_config, get_run, open_client
+    from runner.replay.logged import fetch_config, get_run
     from runner.replay.rebuild import (
         allowed_targets,
         check_targets,
@@ -237,12 +237,12 @@ def replay(args: argparse.Namespace) -> int:
         write_config_dir,
     )
     from runner.tracking import provenance
-    from runner.tracking.store import public_uri
+    from runner.tracking.store import command_uri, connect, public_uri
 
     if args.rtol < 0:
         raise RunnerError(f"--rtol is {args.rtol}; it must be 0 or positive (e.g. --rtol 1e-9).")
-    uri = default_tracking_uri(args.tracking_uri)
-    client = open_client(uri)
+    uri = command_uri(args.tracking_uri)
+    client = connect(uri)
     run = get_run(client, args.run_id)
     source = run.info.run_id
     if run.data.tags.get(contract.KIND) == "sweep":

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from runner.errors import RunnerError, TrackingError
-from runner.tracking.store import command_uri, connect, public_uri
+from runner.tracking.store import public_uri
 
 if TYPE_CHECKING:
     from mlflow.entities import Run
@@ -23,10 +23,8 @@ if TYPE_CHECKING:
 __all__ = [
     "LoggedConfig",
     "RunNotFoundError",
-    "default_tracking_uri",
     "fetch_config",
     "get_run",
-    "open_client",
 ]
 
 #: The config artifacts of a job run (see the callback); only the first is required.
@@ -39,16 +37,6 @@ _PROGRESS_BAR = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
 
 class RunNotFoundError(RunnerError):
     """The run id is not in the tracking store."""
-
-
-def default_tracking_uri(uri: str | None = None) -> str:
-    """The store a command reads (see :func:`runner.tracking.store.command_uri`)."""
-    return command_uri(uri)
-
-
-def open_client(uri: str) -> MlflowClient:
-    """A client on ``uri``, checked first (see :func:`runner.tracking.store.connect`)."""
-    return connect(uri)
 
 
 def get_run(client: MlflowClient, run_id: str) -> Run:
