@@ -36,11 +36,23 @@ def _hydra_main(cfg: DictConfig) -> float | list[float]:
         return run(cfg)
 
 
+def _run_hydra() -> int:
+    """Hydra's app, its ``sys.exit`` as a status (Hydra has printed what went wrong)."""
+    try:
+        _hydra_main()
+    except SystemExit as e:
+        if e.code is None or isinstance(e.code, int):
+            return e.code or 0
+        print(e.code, file=sys.stderr)  # what Python prints for a SystemExit message
+        return 1
+    return 0
+
+
 def main() -> None:
     """Entry point of ``python -m runner`` and the ``runner`` console script."""
-    from runner.interrupts import checkpoint, handled, install, pending
+    from runner.interrupts import install
     from runner.shutdown import quick_exit
-    from runner.tracking.session import close_open_runs
+    from runner.tracking.session import run_and_close
 
     quick_exit()
     sys.argv[1:] = normalize_argv(sys.argv[1:])
@@ -48,28 +60,9 @@ def main() -> None:
     # SIGTERM takes Ctrl-C's way out, so runs end KILLED instead of RUNNING; both wait for
     # a safe point outside the user's code.
     install()
-    status = "FAILED"
-    try:
-        _hydra_main()
-        # A signal that came after the last safe point: the work is done, but the user
-        # asked to stop, and the exit status says so.
-        checkpoint()
-        status = "FINISHED"
-    except KeyboardInterrupt:
-        status = "KILLED"
-        handled()
-        print("interrupted: open runs were ended as KILLED", file=sys.stderr)
-        raise SystemExit(130) from None
-    except SystemExit as e:
-        status = "FINISHED" if e.code in (0, None) else "FAILED"
-        raise
-    finally:
-        close_open_runs(status)
-        if status != "KILLED" and pending() is not None:
-            # The signal came during the final clean-up (which it never cuts short): the
-            # runs are ended as they ran, and the exit status says the user asked to stop.
-            print("interrupted during the final clean-up", file=sys.stderr)
-            raise SystemExit(130)
+    code = run_and_close(_run_hydra)
+    if code:
+        raise SystemExit(code)
 
 
 if __name__ == "__main__":

@@ -160,28 +160,18 @@ def _run_job(composed: ComposedJob, callback: ReplayCallback) -> int:
     from runner import interrupts
     from runner.app import run
     from runner.sweeps.hydra_job import run_config
-    from runner.tracking.session import close_open_runs
+    from runner.tracking.session import run_and_close
 
-    status = "FAILED"
+    def job() -> int:
+        ret = run_config(composed.config, run, extra_callbacks=[callback])
+        if ret.status == JobStatus.COMPLETED:
+            return 0
+        error = ret._return_value  # not the property: it re-raises
+        print(f"error: the replayed job raised {type(error).__name__}: {error}", file=sys.stderr)
+        return 1
+
     with interrupts.installed():
-        try:
-            ret = run_config(composed.config, run, extra_callbacks=[callback])
-            interrupts.checkpoint()
-            if ret.status == JobStatus.COMPLETED:
-                status = "FINISHED"
-                return 0
-            error = ret._return_value  # not the property: it re-raises
-            print(
-                f"error: the replayed job raised {type(error).__name__}: {error}", file=sys.stderr
-            )
-            return 1
-        except KeyboardInterrupt:
-            status = "KILLED"
-            interrupts.handled()
-            print("interrupted: open runs were ended as KILLED", file=sys.stderr)
-            return 130
-        finally:
-            close_open_runs(status)
+        return run_and_close(job)
 
 
 def _check(

@@ -10,6 +10,8 @@ start afresh with :func:`reset`.
 from __future__ import annotations
 
 import logging
+import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,6 +35,7 @@ __all__ = [
     "enabled",
     "launch_dir",
     "reset",
+    "run_and_close",
     "state",
     "store_for",
     "uri_of",
@@ -179,6 +182,35 @@ def _close_open_runs(status: str, error: BaseException | None) -> None:
                     store.end_run(run_id, status)
             except Exception as e:
                 log.error("could not end sweep run %s: %s", run_id, e)
+
+
+def run_and_close(body: Callable[[], int]) -> int:
+    """Run ``body`` (it returns an exit status) and end whatever it left open, as every entry
+    point of the runner does (``python -m runner``, ``python -m runner.replay``).
+
+    Signals must already be cooperative (:func:`runner.interrupts.install`). On Ctrl-C or
+    SIGTERM the open runs end KILLED and the status is 130, also when the signal came after
+    the last safe point or during this clean-up (which it never cuts short); otherwise they
+    end FINISHED (status 0) or FAILED. Any other exception propagates once they are ended.
+    """
+    status = "FAILED"
+    try:
+        code = body()
+        # A signal that came after the last safe point: the work is done, but the user
+        # asked to stop, and the exit status says so.
+        interrupts.checkpoint()
+        status = "FINISHED" if code == 0 else "FAILED"
+    except KeyboardInterrupt:
+        status, code = "KILLED", 130
+        interrupts.handled()
+        print("interrupted: open runs were ended as KILLED", file=sys.stderr)
+    finally:
+        close_open_runs(status)
+    if status != "KILLED" and interrupts.pending() is not None:
+        # The runs are ended as they ran; the exit status says the user asked to stop.
+        print("interrupted during the final clean-up", file=sys.stderr)
+        return 130
+    return code
 
 
 def reset() -> None:
