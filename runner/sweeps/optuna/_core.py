@@ -49,6 +49,8 @@ class _Trials:
     directions: list[str]
     pruner: Any
     progress: Progress
+    #: The lock every sweep process of the study shares: count-and-ask holds it.
+    lock: Callable[[], AbstractContextManager[Any]]
 
 
 class OptunaSweep:
@@ -71,8 +73,6 @@ class OptunaSweep:
         self.mine: dict[int, Any] = {}  # trial number -> Trial, running in this process
         self.finished_here: list[Outcome] = []
         self._composer = JobComposer(hydra_context.config_loader, config)
-        #: The study's lock (set once the study is known): count-and-ask holds it.
-        self._study_lock: Callable[[], AbstractContextManager[Any]] = contextlib.nullcontext
 
     # -- the sweep ------------------------------------------------------------------------
     def run(self, arguments: list[str]) -> Any:
@@ -149,7 +149,6 @@ class OptunaSweep:
         if retried:
             log.info("study %s: re-queued trials %s left running by a killed sweep", name, retried)
         info = self._info(space, name, directions, objectives, spec, pruner)
-        self._study_lock = lambda: st.study_lock(spec, name, info.lock_file)
         # Two sweep processes starting at once would both see an empty study and both
         # enqueue the warm-start points.
         with info.lock():
@@ -187,7 +186,8 @@ class OptunaSweep:
                 beat,
                 Progress(name, self.n_trials, str(self.sc.progress)) as progress,
             ):
-                self._loop(_Trials(study, storage, spec, space, directions, pruner, progress))
+                ctx = _Trials(study, storage, spec, space, directions, pruner, progress, info.lock)
+                self._loop(ctx)
             status = "FINISHED"
         except KeyboardInterrupt:
             self._void_mine(study, storage)
@@ -254,7 +254,7 @@ class OptunaSweep:
             lock=lambda: st.study_lock(spec, name, lock),
         )
 
-    def _ask(self, study: Any, storage: Any, space: SearchSpace) -> Any | None:
+    def _ask(self, ctx: _Trials) -> Any | None:
         """A new trial, or None when the study already holds ``n_trials``.
 
         Counting and asking are one step under the study's lock (PostgreSQL: an advisory
@@ -262,11 +262,12 @@ class OptunaSweep:
         processes asking for the last trial at once would otherwise both get one, and the
         study would hold a trial too many.
         """
+        study, storage = ctx.study, ctx.storage
         st.fail_stale(study)  # a killed process's trials, on any machine (heartbeat on)
-        with self._study_lock():
+        with ctx.lock():
             if len(st.counted(study.get_trials(deepcopy=False))) >= self.n_trials:
                 return None
-            trial = study.ask(fixed_distributions=space.distributions)
+            trial = study.ask(fixed_distributions=ctx.space.distributions)
             # Owned before the lock is released: a survivor's stale check never sees it
             # ownerless.
             storage.set_trial_system_attr(trial._trial_id, contract.OWNER_ATTR, st.owner())
@@ -333,7 +334,7 @@ class OptunaSweep:
 
         while True:
             interrupts.checkpoint()  # between two trials: nothing of ours is half done
-            trial = self._ask(study, ctx.storage, ctx.space)
+            trial = self._ask(ctx)
             if trial is None:
                 if self._await_others(study):
                     continue
@@ -374,7 +375,7 @@ class OptunaSweep:
             while True:
                 interrupts.checkpoint()
                 while not stop and len(running) < self.n_jobs:
-                    trial = self._ask(study, ctx.storage, ctx.space)
+                    trial = self._ask(ctx)
                     if trial is None:
                         stop = True
                         break
