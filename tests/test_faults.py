@@ -112,43 +112,37 @@ def fresh_store(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     return uri
 
 
-def _env() -> dict[str, str]:
-    return {**os.environ, "PYTHONUNBUFFERED": "1"}
+def _cli(workdir: Path, command: list[str], *, timeout: float) -> tuple[int, str]:
+    """``python *command`` in ``workdir``: its exit status and its output."""
+    proc = subprocess.run(
+        [sys.executable, *command],
+        cwd=workdir,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    return proc.returncode, proc.stdout + proc.stderr
 
 
 def _kill_at(workdir: Path, point: str, n: int, args: list[str]) -> str:
     """Run the CLI with SIGTERM at ``point``'s ``n``-th call; assert it exited 130."""
     marker = workdir / "fault.marker"
     marker.unlink(missing_ok=True)
-    proc = subprocess.run(
-        [sys.executable, str(FAULTS), "--kill", point, str(n), str(marker), "--", *args],
-        cwd=workdir,
-        env=_env(),
-        capture_output=True,
-        text=True,
-        timeout=180,
-        check=False,
+    code, out = _cli(
+        workdir, [str(FAULTS), "--kill", point, str(n), str(marker), "--", *args], timeout=180
     )
-    out = proc.stdout + proc.stderr
     moment = f"SIGTERM at {point} call {n}"
     assert marker.exists() and marker.read_text() == "fired", f"{moment} never came:\n{out}"
-    assert proc.returncode == 130, f"{moment}: exit {proc.returncode}\n{out}"
+    assert code == 130, f"{moment}: exit {code}\n{out}"
     assert "Callback MLflowCallback" not in out, f"{moment}: a callback raised\n{out}"
     return out
 
 
 def _run(workdir: Path, args: list[str]) -> str:
-    proc = subprocess.run(
-        [sys.executable, "-m", "runner", *args],
-        cwd=workdir,
-        env=_env(),
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    out = proc.stdout + proc.stderr
-    assert proc.returncode == 0, out
+    code, out = _cli(workdir, ["-m", "runner", *args], timeout=300)
+    assert code == 0, out
     assert "Callback MLflowCallback" not in out, out
     return out
 
