@@ -233,14 +233,20 @@ def test_sigterm_while_the_store_is_created_leaves_it_whole(
     assert [r.info.status for r in _runs(fresh_store)].count("FINISHED") == 1
 
 
+def _kill_each_then_rerun(
+    workdir: Path, store: str, moments: list[tuple[str, int]], args: list[str]
+) -> list[Any]:
+    """Kill the command at each moment in turn, then run it once more; that run's runs."""
+    for i, (point, n) in enumerate(moments):
+        _kill_at(workdir, point, n, args)
+        _assert_nothing_running(store, f"moment {i} ({point} call {n})")
+    before = {r.info.run_id for r in _runs(store)}
+    _run(workdir, args)
+    return [r for r in _runs(store) if r.info.run_id not in before]
+
+
 def test_grid_sweep_survives_sigterm_anywhere(workdir: Path, fresh_store: str) -> None:
-    for i, (point, n) in enumerate(GRID_MOMENTS):
-        moment = f"moment {i} ({point} call {n})"
-        _kill_at(workdir, point, n, GRID)
-        _assert_nothing_running(fresh_store, moment)
-    before = {r.info.run_id for r in _runs(fresh_store)}
-    _run(workdir, GRID)
-    new = [r for r in _runs(fresh_store) if r.info.run_id not in before]
+    new = _kill_each_then_rerun(workdir, fresh_store, GRID_MOMENTS, GRID)
     assert sorted((r.data.tags["runner.kind"], r.info.status) for r in new) == [
         ("job", "FINISHED"),
         ("job", "FINISHED"),
@@ -249,12 +255,6 @@ def test_grid_sweep_survives_sigterm_anywhere(workdir: Path, fresh_store: str) -
 
 
 def test_single_job_survives_sigterm_anywhere(workdir: Path, fresh_store: str) -> None:
-    for i, (point, n) in enumerate(SINGLE_MOMENTS):
-        moment = f"moment {i} ({point} call {n})"
-        _kill_at(workdir, point, n, SINGLE)
-        _assert_nothing_running(fresh_store, moment)
-    before = {r.info.run_id for r in _runs(fresh_store)}
-    _run(workdir, SINGLE)
-    new = [r for r in _runs(fresh_store) if r.info.run_id not in before]
+    new = _kill_each_then_rerun(workdir, fresh_store, SINGLE_MOMENTS, SINGLE)
     assert [r.info.status for r in new] == ["FINISHED"]
     assert "val_accuracy" in new[0].data.metrics
