@@ -52,9 +52,12 @@ def main() -> None:
     """Entry point of ``python -m runner`` and the ``runner`` console script."""
     from runner.interrupts import install
     from runner.shutdown import quick_exit
+    from runner.tracking.redact import install_log_redaction
     from runner.tracking.session import run_and_close
 
     quick_exit()
+    # Every line logged (to the console and to the job's log file) is redacted.
+    install_log_redaction()
     sys.argv[1:] = normalize_argv(sys.argv[1:])
     register()
     # SIGTERM takes Ctrl-C's way out, so runs end KILLED instead of RUNNING; both wait for

@@ -182,9 +182,21 @@ def run(cfg: DictConfig) -> float | list[float]:
     _check_config(cfg)
     seed_everything(int(cfg.seed))
 
-    data: Dataset = _instantiate(cfg.dataset, "dataset")
+    data = _instantiate(cfg.dataset, "dataset")
+    if not isinstance(data, Dataset):
+        raise ConfigError(
+            f"dataset._target_ ({OmegaConf.select(cfg, 'dataset._target_')}) returned a "
+            f"{type(data).__name__}, not a runner.data.Dataset; point it at a dataset loader "
+            "(runner.data.load_builtin, load_table, make_synthetic, or one of yours)."
+        )
     job.set_tags({contract.DATASET_DIGEST: data.digest, contract.TASK: data.task})
     model = _instantiate(cfg.model, "model")
+    if not (callable(getattr(model, "fit", None)) and callable(getattr(model, "predict", None))):
+        raise ConfigError(
+            f"model._target_ ({OmegaConf.select(cfg, 'model._target_')}) returned a "
+            f"{type(model).__name__}, which has no fit/predict; point it at an estimator "
+            "with scikit-learn's API (see conf/model/)."
+        )
     flavor = model_flavor(model)
     log.info("fitting %s on %s (%d rows)", type(model).__name__, data.name, len(data.y_train))
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -40,7 +41,8 @@ def _parser() -> argparse.ArgumentParser:
             "Show what differs between two runs: group choices, params, overrides, "
             "provenance (commit, packages, dataset digest) and metrics, side by side."
         ),
-        epilog="exit status: 0 ok (whether or not the runs differ), 2 bad input.",
+        epilog="exit status: 0 ok (whether or not the runs differ; a broken chain of "
+        "parent runs above either run is a warning), 2 bad input.",
     )
     p.add_argument("run_a", help="first run id (e.g. the source run)")
     p.add_argument("run_b", help="second run id (e.g. its replay)")
@@ -161,6 +163,21 @@ def render(result: dict[str, Any], *, show_all: bool = False) -> str:
     return "\n".join(out)
 
 
+def _warn_parents(client: Any, *runs: Run) -> None:
+    """Warn of a cycle, a missing or a garbled parent above either run (the diff goes on)."""
+    from runner.tracking.reader import Lineage, ReadError, get_run
+
+    try:
+        lineage = Lineage(runs, lookup=lambda rid: get_run(client, rid))
+    except ReadError as e:
+        print(f"warning: the parent runs were not checked: {e}", file=sys.stderr)
+        return
+    for label, run in zip("AB", runs, strict=True):
+        problem = lineage.problem(run.info.run_id)
+        if problem is not None:
+            print(f"warning: run {label} ({run.info.run_id}): {problem}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``python -m runner.diff``; returns the exit status."""
     args = _parser().parse_args(argv)
@@ -172,6 +189,7 @@ def main(argv: list[str] | None = None) -> int:
         a, b = get_run(client, args.run_a), get_run(client, args.run_b)
     except RunnerError as e:
         return fail(e)
+    _warn_parents(client, a, b)
     result = diff_runs(a, b, show_all=args.all)
     if args.json:
         print(json.dumps(result, indent=2, sort_keys=False))

@@ -5,14 +5,25 @@
 
 It creates or upgrades the store's schema once, starts ``mlflow server`` with artifacts
 served through it (``--artifacts-destination``: clients need no S3 credentials), waits until
-``/health`` answers, prints the URL and stops the server cleanly on Ctrl-C or SIGTERM.
+``/health`` answers, prints the URL and stops the server cleanly on Ctrl-C, SIGTERM or SIGHUP.
+
+The server never outlives this process. ``mlflow server`` runs uvicorn, a job runner and
+several huey consumers; they live in a process group of their own under a small keeper
+(:func:`supervise`), which holds the read end of a pipe whose only writer is this process.
+However this process ends (SIGKILL included) the kernel closes the pipe, and the keeper then
+ends the whole group: SIGTERM, and SIGKILL for whatever is left after a grace period. Linux's
+parent-death signal (``PR_SET_PDEATHSIG``) would not do: it fires when the *thread* that
+forked the child exits, it is cleared in the child's own children (uvicorn, huey), and it is
+Linux only; a pipe's end of file has none of those pitfalls.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ipaddress
 import os
+import selectors
 import signal
 import socket
 import subprocess
@@ -26,7 +37,7 @@ from runner.cli import fail
 from runner.errors import ConfigError, RunnerError, TrackingError
 from runner.interrupts import handled, terminate
 
-__all__ = ["ServerPlan", "main", "plan"]
+__all__ = ["ServerPlan", "Started", "main", "plan", "start", "stop", "supervise"]
 
 _SERVABLE = ("local", "postgres_s3")
 
@@ -214,18 +225,95 @@ def wait_healthy(url: str, proc: subprocess.Popen[bytes], *, timeout: float) -> 
     )
 
 
-def stop(proc: subprocess.Popen[bytes], *, grace: float = 15.0) -> None:
-    """Stop the server's process group: SIGTERM, then SIGKILL after ``grace`` seconds."""
-    if proc.poll() is not None:
-        return
-    try:
+#: Seconds the MLflow server gets to stop on SIGTERM before its group is SIGKILLed.
+GRACE_S = 10.0
+
+# The keeper's process: `python -c` so that it needs no module of its own on the path.
+_KEEPER = (
+    "import sys; from runner.server import supervise; "
+    "sys.exit(supervise(int(sys.argv[1]), sys.argv[3:], grace=float(sys.argv[2])))"
+)
+
+
+def _end_group(proc: subprocess.Popen[bytes], grace: float) -> None:
+    """End ``proc``'s process group: SIGTERM, then SIGKILL for what is left after ``grace``."""
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGTERM)
+    with contextlib.suppress(subprocess.TimeoutExpired):
         proc.wait(timeout=grace)
-    except subprocess.TimeoutExpired:
+    # The group outlives its leader while any member lives (a huey consumer still stopping).
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-    except ProcessLookupError:
-        pass
+    proc.wait()
+
+
+def supervise(fd: int, command: list[str], *, grace: float = GRACE_S) -> int:
+    """Run ``command`` in a process group of its own until ``fd`` reads end of file.
+
+    The keeper between ``runner.server`` and ``mlflow server`` (see the module docstring):
+    ``fd`` is the read end of a pipe that only ``runner.server`` writes to, so its end of
+    file means ``runner.server`` is stopping or gone. SIGTERM, SIGINT and SIGHUP mean the
+    same. Either way the whole group is ended (:func:`_end_group`).
+
+    Returns:
+        The command's exit status when it exited by itself, else 0.
+    """
+    stopping = False
+
+    def on_signal(signum: int, frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, on_signal)
+    proc = subprocess.Popen(command, process_group=0)
+    with selectors.DefaultSelector() as sel:
+        sel.register(fd, selectors.EVENT_READ)
+        while not stopping and proc.poll() is None:
+            if sel.select(timeout=0.5) and not os.read(fd, 1):
+                stopping = True
+    code = proc.poll()
+    _end_group(proc, grace)
+    return 0 if code is None else code
+
+
+@dataclass
+class Started:
+    """A started server: the keeper's process and the pipe end that keeps it alive."""
+
+    proc: subprocess.Popen[bytes]
+    lifeline: int
+
+
+def start(p: ServerPlan, *, grace: float = GRACE_S) -> Started:
+    """Start ``p.command`` under its keeper; it lives while this process holds the pipe."""
+    read_end, write_end = os.pipe()  # neither end is inherited by other children
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", _KEEPER, str(read_end), str(grace), *p.command],
+            env={**os.environ, **p.env},
+            # A session of its own: no terminal's SIGHUP or Ctrl-C, and no kill of this
+            # process's group, reaches the server before the keeper ends it.
+            start_new_session=True,
+            pass_fds=(read_end,),
+        )
+    except BaseException:
+        os.close(write_end)
+        raise
+    finally:
+        os.close(read_end)
+    return Started(proc, write_end)
+
+
+def stop(server: Started, *, grace: float = GRACE_S) -> None:
+    """Stop the server: close the pipe, so that its keeper ends the MLflow server's group."""
+    with contextlib.suppress(OSError):
+        os.close(server.lifeline)
+    try:
+        server.proc.wait(timeout=grace + 10)
+    except subprocess.TimeoutExpired:  # a keeper that hangs: it is ours to kill
+        server.proc.kill()
+        server.proc.wait()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -270,8 +358,10 @@ def main(argv: list[str] | None = None) -> int:
         ensure_store(p.store_uri)
     except RunnerError as e:
         return fail(e)
-    previous = signal.signal(signal.SIGTERM, terminate)
-    proc = subprocess.Popen(p.command, env={**os.environ, **p.env}, start_new_session=True)
+    # SIGHUP too: a closed terminal stops the server as SIGTERM and Ctrl-C do.
+    previous = {sig: signal.signal(sig, terminate) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    server = start(p)
+    proc = server.proc
     try:
         wait_healthy(p.url, proc, timeout=args.startup_timeout)
         scheme = urlparse(p.store_uri).scheme
@@ -291,11 +381,13 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         handled()
-        print("stopping the MLflow server", file=sys.stderr, flush=True)
+        with contextlib.suppress(OSError):  # after SIGHUP the terminal may be gone
+            print("stopping the MLflow server", file=sys.stderr, flush=True)
         return 0
     finally:
-        stop(proc)
-        signal.signal(signal.SIGTERM, previous)
+        stop(server)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 if __name__ == "__main__":

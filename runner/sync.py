@@ -4,7 +4,9 @@ With ``tracking.on_unavailable=buffer``, a job whose server does not answer logs
 ``.runner_buffer/mlflow.db`` in its launch directory and tags its runs ``runner.buffered_for``
 with the server's URI. This command copies those runs onto the server (or ``--to URI``):
 params, metrics with their steps and timestamps, tags, artifacts, logged models, start and
-end times, status, and parent/child links.
+end times, status, and parent/child links. A run whose parent tag is garbled or names a run
+the buffer lacks is copied as a top-level run; one in a cycle of parent runs is left in the
+buffer; each is a ``warning:`` line, and the exit status stays 0.
 
 Idempotent: each copy is tagged ``runner.synced_from`` = the buffered run's id, and the
 buffered run ``runner.synced_to`` = the copy's id once the copy is complete; a second sync
@@ -60,9 +62,14 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_FAILED
     except RunnerError as e:
         return fail(e)
+    for rid, why in result.unlinked:
+        print(f"warning: buffered run {rid} {why}", file=sys.stderr)
+    for rid, why in result.skipped:
+        print(f"warning: skipped buffered run {rid} (left in the buffer): {why}", file=sys.stderr)
+    skipped = f"; {len(result.skipped)} skipped (see the warnings)" if result.skipped else ""
     print(
         f"synced {len(result.synced)} run(s); {len(result.already)} already synced; "
-        f"{len(result.running)} still running (not synced)"
+        f"{len(result.running)} still running (not synced){skipped}"
     )
     for old, new in result.synced:
         print(f"  {old} -> {new}")

@@ -300,7 +300,13 @@ def test_replay_warns_about_changed_data_and_packages(
             "runner.git.dirty": "true",
         },
     )
+    # --dry-run reads no data: the digest is compared by a real replay only.
     code, _, err = _replay(store, crafted, "--dry-run", capsys=capsys)
+    assert code == 0, err
+    assert "dataset differs" not in err and "no data was read" in err
+    code, _, err = _replay(store, crafted, capsys=capsys)
+    assert code == 2 and "sha256:0000" in err and "--allow-changed-data" in err, err
+    code, _, err = _replay(store, crafted, "--allow-changed-data", capsys=capsys)
     assert code == 0, err
     warnings = [line for line in err.splitlines() if line.startswith("warning:")]
     assert any("package numpy differs: 0.0.1 then" in w for w in warnings), err
@@ -414,6 +420,6 @@ def test_crafted_choice_cannot_write_outside_the_config_dir(tmp_path: Path) -> N
 
     with pytest.raises(ConfigError, match="not a valid config name"):
         write_config_dir(
-            tmp_path / "conf", {"model": {"a": 1}}, {"model": "../../evil"}, callbacks={}
+            tmp_path / "conf", {"model": {"a": 1}}, {"model": "../../evil"}, run_id="r"
         )
     assert not (tmp_path / "evil.yaml").exists()

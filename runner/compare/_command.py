@@ -16,7 +16,7 @@ import argparse
 import csv
 import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -87,8 +87,13 @@ def select_runs(
     sweep: str | None = None,
     filter_string: str = "",
     page_size: int = PAGE_SIZE,
+    warn: Callable[[str], None] | None = None,
 ) -> list[Run]:
     """The selected runs (any status, not deleted), sweep parents left out.
+
+    With ``sweep``, a broken chain of parent runs above the sweep (a cycle, a missing or
+    garbled parent) is reported through ``warn``; the runs of a cycle through the sweep
+    (the sweep naming itself, or a child that is also its ancestor) are left out.
 
     Args:
         client: The client of the tracking store.
@@ -97,6 +102,7 @@ def select_runs(
         sweep: A sweep's parent run id: its child runs.
         filter_string: More conditions in MLflow's search syntax.
         page_size: Runs per search request.
+        warn: Called with each warning (default: ``warning: ...`` on stderr).
 
     Raises:
         CompareError: The experiment or the run does not exist, or the filter is invalid.
@@ -104,6 +110,7 @@ def select_runs(
     from runner.tracking.reader import ReadError, get_run, search_runs
 
     conditions = [filter_string.strip()] if filter_string and filter_string.strip() else []
+    sweep_run: Run | None = None
     if sweep is not None:
         if not re.fullmatch(r"[0-9a-zA-Z_-]+", sweep):
             raise CompareError(f"{sweep!r} is not a run id (32 hex digits); pass a run id.")
@@ -119,6 +126,7 @@ def select_runs(
                 "parent run id (its run name starts with 'sweep'), or check the store "
                 "(--tracking-uri)."
             )
+        sweep_run = parent
         conditions.insert(0, f"tags.`{contract.PARENT_RUN_ID}` = '{sweep}'")
         ids = (
             _experiment_ids(client, experiment)
@@ -137,8 +145,39 @@ def select_runs(
             "The syntax is MLflow's search syntax, e.g. \"params.model = 'xgb' and "
             'metrics.val_accuracy > 0.9" (https://mlflow.org/docs/latest/search-runs.html).'
         ) from None
+    if sweep_run is not None:
+        runs = _without_loops(sweep_run, runs, warn or _warn, lookup=lambda i: get_run(client, i))
     # Sweep parents carry no params or metrics of their own: they would be empty rows.
     return [r for r in runs if r.data.tags.get(contract.KIND) != "sweep"]
+
+
+def _warn(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr)
+
+
+def _without_loops(
+    sweep: Run,
+    children: list[Run],
+    warn: Callable[[str], None],
+    *,
+    lookup: Callable[[str], Run | None],
+) -> list[Run]:
+    """``children`` less the runs of a parent cycle through ``sweep``; warns of problems."""
+    from runner.tracking.reader import Lineage
+
+    sid = sweep.info.run_id
+    lineage = Lineage([sweep], lookup=lookup)
+    problem = lineage.problem(sid)
+    if problem is None:
+        return children
+    if problem.kind != "cycle" or problem.run_id != sid:
+        warn(f"sweep {sid}: {problem} (its runs are compared all the same)")
+        return children
+    loop = set(problem.cycle)
+    left_out = sorted(r.info.run_id for r in children if r.info.run_id in loop)
+    also = f"; left out of its runs: {', '.join(left_out)}" if left_out else ""
+    warn(f"sweep {sid}: {problem}{also}")
+    return [r for r in children if r.info.run_id not in loop]
 
 
 # -- columns and ranking ------------------------------------------------------------------

@@ -188,6 +188,9 @@ def _show(plan: Plan) -> None:
         print(f"  {t}")
     for note in plan.notes:
         print(f"  ({note})")
+    sys.stdout.flush()  # a log of both streams keeps the warnings after the plan's lines
+    for warning in plan.warnings:
+        print(f"warning: {plan.command}: {warning}", file=sys.stderr)
 
 
 def _carry_out(plan: Plan, *, yes: bool, dry_run: bool) -> int:

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 from runner import contract
 from runner.errors import RunnerError
 from runner.tracking.best import tag_best
-from runner.tracking.reader import search_experiments, search_runs
+from runner.tracking.reader import Lineage, search_experiments, search_runs
 
 if TYPE_CHECKING:
     from mlflow.entities import Experiment, Run
@@ -62,6 +62,8 @@ class Plan:
     execute: Callable[[Callable[[str], None]], None] = lambda report: None
     #: Printed after the actions (how to undo, what is left).
     epilogue: list[str] = field(default_factory=list)
+    #: What was left alone, and why (printed to stderr as ``warning:`` lines).
+    warnings: list[str] = field(default_factory=list)
 
 
 # -- small helpers ----------------------------------------------------------------------------
@@ -290,7 +292,9 @@ def plan_prune_failed(
 ) -> Plan:
     """Soft-delete FAILED (and KILLED) runs whose last activity is before ``cutoff_ms``.
 
-    A parent run is pruned only together with all of its active children.
+    A parent run is pruned only together with all of its active children. A run in a cycle
+    of parent runs (one that names itself, A -> B -> A) is left alone with a warning: which
+    run is whose child is unknowable, so no order is safe.
     """
     names = _exp_names(client)
     ids = [experiment_by_name(client, experiment).experiment_id] if experiment else list(names)
@@ -306,7 +310,9 @@ def plan_prune_failed(
     ]
     by_id = {r.info.run_id: r for r in candidates}
     kids = _children(client, {r.info.experiment_id for r in candidates})
-    prune = set(by_id)
+    lineage = Lineage([*candidates, *(k for ks in kids.values() for k in ks)])
+    looped = sorted(rid for rid in by_id if lineage.on_cycle(rid))
+    prune = set(by_id) - set(looped)
     spared: dict[str, list[str]] = {}
     changed = True
     while changed:  # sparing a child run spares its parent, up the tree
@@ -319,8 +325,12 @@ def plan_prune_failed(
                 changed = True
 
     def depth(rid: str) -> int:
-        parent = by_id[rid].data.tags.get(contract.PARENT_RUN_ID)
-        return 1 + depth(parent) if parent is not None and parent in prune else 0
+        n = 0
+        for parent in lineage.ancestors(rid):
+            if parent not in prune:
+                break
+            n += 1
+        return n
 
     # Children first: an interrupted prune never leaves a deleted parent over live children.
     order = sorted(prune, key=lambda rid: (-depth(rid), rid))
@@ -339,6 +349,9 @@ def plan_prune_failed(
         f"kept parent run {rid}: {len(alive)} of its child runs are not pruned "
         f"({', '.join(alive[:5])}{' ...' if len(alive) > 5 else ''})"
         for rid, alive in sorted(spared.items())
+    ]
+    plan.warnings = [
+        f"skipped {_run_label(by_id[rid], names)}: {lineage.problem(rid)}" for rid in looped
     ]
 
     def execute(report: Callable[[str], None]) -> None:

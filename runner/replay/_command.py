@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from runner import contract
 from runner.cli import EXIT_FAILED, EXIT_OK, add_tracking_uri, fail
-from runner.errors import DataError, RunnerError
+from runner.errors import ConfigError, DataError, RunnerError
 
 if TYPE_CHECKING:
     from mlflow.entities import Run
@@ -78,9 +78,20 @@ def _parser() -> argparse.ArgumentParser:
         help="also allow _target_ values under PREFIX (repeatable; e.g. mypkg.)",
     )
     p.add_argument(
+        "--allow-changed-data",
+        action="store_true",
+        help=(
+            "replay even when the data the config loads here differs from the source run's "
+            "(its runner.dataset_digest); without it such a replay is refused"
+        ),
+    )
+    p.add_argument(
         "--dry-run",
         action="store_true",
-        help="rebuild, check and print the config, run nothing",
+        help=(
+            "rebuild, check and print the config, and the warnings: instantiate nothing and "
+            "read no data (so the data digest is not compared)"
+        ),
     )
     add_tracking_uri(p, "the store holding the run, where the replay logs too")
     return p
@@ -104,9 +115,11 @@ def _env(name: str, value: str) -> Iterator[None]:
 
 
 def _note(run: Run, overrides: Sequence[str]) -> str:
+    from runner.tracking.redact import redact_override
+
     src = run.info.run_id
     link = f"#/experiments/{run.info.experiment_id}/runs/{src}"
-    changes = " ".join(f"`{o}`" for o in overrides) if overrides else "none"
+    changes = " ".join(f"`{redact_override(o)}`" for o in overrides) if overrides else "none"
     return (
         f"Replay of run [{run.info.run_name or src}]({link}) (`{src}`), rebuilt from its "
         f"logged config by `python -m runner.replay`.\n\nNew overrides: {changes}."
@@ -122,11 +135,14 @@ def _job_config(job: dict[str, Any]) -> dict[str, Any]:
 
 
 def _dataset_digest(composed: ComposedJob, run_id: str) -> str:
+    """The digest of the data the checked config loads here (this reads the data)."""
     from hydra.errors import InstantiationException
     from hydra.utils import instantiate
 
+    from runner.data import Dataset
+
     try:
-        data = instantiate(composed.config.dataset, _convert_="all")
+        data = instantiate(composed.task.dataset, _convert_="all")
     except InstantiationException as e:
         cause = e.__cause__
         if isinstance(cause, RunnerError):
@@ -135,13 +151,96 @@ def _dataset_digest(composed: ComposedJob, run_id: str) -> str:
             f"the dataset of run {run_id} cannot be loaded here: {cause or e}. Check the "
             "dataset.* values (python -m runner.replay --dry-run shows them)."
         ) from None
+    if not isinstance(data, Dataset):
+        raise DataError(
+            f"the dataset of run {run_id} ({composed.resolved['dataset'].get('_target_')}) "
+            f"returned a {type(data).__name__}, not a runner.data.Dataset; point "
+            "dataset._target_ at one of the runner's loaders (runner.data.load_table, ...)."
+        )
     return str(data.digest)
 
 
+def _check_data(composed: ComposedJob, run: Run, *, allow_changed: bool, overridden: bool) -> None:
+    """Refuse a replay on other data than the source run's, unless ``allow_changed``.
+
+    A stranger who wrote the logged config cannot know the digest of a file of yours: a
+    config pointed at one (``dataset.path: ~/.ssh/id_rsa``) is refused before its content
+    can reach the store.
+    """
+    from runner.replay.checks import dataset_warnings
+
+    source = run.info.run_id
+    then = run.data.tags.get(contract.DATASET_DIGEST)
+    now = _dataset_digest(composed, source)
+    if then == now:
+        return
+    if allow_changed:
+        for message in dataset_warnings(run.data.tags, now, overridden=overridden):
+            _warn(message)
+        return
+    shown = then or "none recorded"
+    raise DataError(
+        f"refusing to replay run {source} on other data: the dataset it loads here has digest "
+        f"{now}, the source run's runner.dataset_digest is {shown}. A replay of other data is "
+        "not a replay (and a logged config may point at a file of yours); pass "
+        "--allow-changed-data to run it anyway (e.g. after changing dataset.* on purpose)."
+    )
+
+
+def _check_autolog(composed: ComposedJob, run_id: str) -> None:
+    """Refuse MLflow's autolog when the config reads the environment: autolog logs the
+    estimator's arguments itself, past the runner's redaction and masking.
+    """
+    tracking = composed.resolved.get("tracking")
+    if composed.env_values and isinstance(tracking, dict) and tracking.get("autolog") is True:
+        raise ConfigError(
+            f"refusing to replay run {run_id} with MLflow's autolog on: its config reads your "
+            "environment (${oc.env:...}), and autolog logs estimator arguments straight to "
+            "the store, past the runner's redaction. Replay with tracking.autolog=false, or "
+            "pass --trust if you wrote the run yourself."
+        )
+
+
+def _shown_config(composed: ComposedJob) -> dict[str, Any]:
+    """What ``--dry-run`` prints: the checked values, as the run would log them.
+
+    Values come from the one resolution replay checked; a leaf the run logs as its
+    reference (anything read from the environment) or redacts (a secret) is shown so.
+    """
+    from omegaconf import OmegaConf
+
+    from runner.replay.rebuild import hydra_set
+    from runner.tracking.params import public_config
+    from runner.tracking.redact import REDACTED, redact_text
+
+    with hydra_set(composed.config):
+        public = public_config(composed.config, skip=frozenset({"hydra"}))
+    raw = OmegaConf.to_container(composed.config, resolve=False)
+
+    def merge(pub: Any, res: Any, unresolved: Any) -> Any:
+        if isinstance(pub, dict) and isinstance(res, dict):
+            sub = unresolved if isinstance(unresolved, dict) else {}
+            return {k: merge(v, res.get(k), sub.get(k)) for k, v in pub.items()}
+        if isinstance(pub, list) and isinstance(res, list) and len(pub) == len(res):
+            items = unresolved if isinstance(unresolved, list) else [None] * len(res)
+            return [merge(*t) for t in zip(pub, res, items, strict=True)]
+        if pub == REDACTED or (isinstance(unresolved, str) and pub == unresolved != res):
+            return pub
+        if isinstance(pub, dict | list) or isinstance(res, dict | list):
+            return pub
+        return redact_text(res) if isinstance(res, str) else res
+
+    shown = merge(public, composed.resolved, raw)
+    assert isinstance(shown, dict)
+    return shown
+
+
 def _param_changes(composed: ComposedJob, run: Run) -> dict[str, tuple[str | None, str | None]]:
+    from runner.replay.rebuild import hydra_set
     from runner.tracking.params import config_params
 
-    new = config_params(composed.config, composed.choices)
+    with hydra_set(composed.config):
+        new = config_params(composed.config, composed.choices)
     old = run.data.params
     return {
         k: (old.get(k), new.get(k)) for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)
@@ -160,17 +259,25 @@ def _run_job(composed: ComposedJob, callback: ReplayCallback) -> int:
     from runner import interrupts
     from runner.app import run
     from runner.sweeps.hydra_job import run_config
+    from runner.tracking.redact import masking
     from runner.tracking.session import run_and_close
 
+    def task(_: Any) -> float | list[float]:
+        # The checked object itself, not the config Hydra hands the task (re-resolving it
+        # could give other values: `${now:...}` or `${hydra:...}` inside `oc.select`).
+        return run(composed.task)
+
     def job() -> int:
-        ret = run_config(composed.config, run, extra_callbacks=[callback])
+        ret = run_config(composed.config, task, extra_callbacks=[callback])
         if ret.status == JobStatus.COMPLETED:
             return 0
         error = ret._return_value  # not the property: it re-raises
         print(f"error: the replayed job raised {type(error).__name__}: {error}", file=sys.stderr)
         return 1
 
-    with interrupts.installed():
+    # Whatever the logged config read from your environment never reaches the store, even
+    # echoed by an estimator's error message into the run's runner.error tag.
+    with interrupts.installed(), masking(composed.env_values):
         return run_and_close(job)
 
 
@@ -217,16 +324,17 @@ def replay(args: argparse.Namespace) -> int:
     """Replay ``args.run_id`` (see :func:`main` for the arguments)."""
     from runner.config import register
     from runner.replay.callback import ReplayCallback
-    from runner.replay.checks import dataset_warnings, provenance_warnings, redacted_keys
+    from runner.replay.checks import provenance_warnings, redacted_keys
     from runner.replay.logged import fetch_config, get_run
     from runner.replay.rebuild import (
-        allowed_targets,
+        allow_list,
         check_targets,
         choices_from_params,
         compose,
         write_config_dir,
     )
     from runner.tracking import provenance
+    from runner.tracking.redact import redact_override
     from runner.tracking.store import command_uri, connect, public_uri
 
     if args.rtol < 0:
@@ -257,21 +365,15 @@ def replay(args: argparse.Namespace) -> int:
             source_overrides=logged.overrides or [],
             note=_note(run, overrides),
         )
-        dropped = write_config_dir(conf, _job_config(logged.job), choices, callbacks={})
-        for key in dropped:
-            _warn(f"the logged config of run {source} has a root `{key}` node; it was ignored.")
+        write_config_dir(conf, _job_config(logged.job), choices, run_id=source)
         composed = compose(conf, overrides, run_id=source)
         if args.trust:
             _warn("--trust: the config's _target_ values are not checked against the allow-list.")
         else:
-            check_targets(composed.resolved, allowed_targets(args.allow_target), run_id=source)
+            check_targets(composed.resolved, allow_list(args.allow_target), run_id=source)
+            _check_autolog(composed, source)
 
         for message in provenance_warnings(run.data.tags, provenance.collect(str(Path.cwd()))):
-            _warn(message)
-        touched = any(o.lstrip("+~").startswith("dataset") for o in overrides)
-        for message in dataset_warnings(
-            run.data.tags, _dataset_digest(composed, source), overridden=touched
-        ):
             _warn(message)
         secrets = redacted_keys(logged.job)
         if secrets:
@@ -286,19 +388,25 @@ def replay(args: argparse.Namespace) -> int:
                 print(f"params that differ from run {source}: {lines}", file=sys.stderr)
             else:
                 _warn(f"params that differ from run {source} with no override: {lines}")
+        shown = " ".join(redact_override(o) for o in overrides)
         print(
             f"replaying run {source} ({run.info.run_name}) from {public_uri(uri)}"
-            + (f" with {' '.join(overrides)}" if overrides else ""),
+            + (f" with {shown}" if overrides else ""),
             file=sys.stderr,
         )
         if args.dry_run:
             import yaml
 
-            from runner.tracking.redact import redact_tree
-
-            print(yaml.safe_dump(redact_tree(composed.resolved), sort_keys=False), end="")
-            print("dry run: nothing was started.", file=sys.stderr)
+            print(yaml.safe_dump(_shown_config(composed), sort_keys=False), end="")
+            print(
+                "dry run: nothing was instantiated or started, and no data was read (so the "
+                "dataset digest was not compared).",
+                file=sys.stderr,
+            )
             return EXIT_OK
+        # Reads the data: only once the targets passed, and never under --dry-run.
+        touched = any(o.lstrip("+~").startswith("dataset") for o in overrides)
+        _check_data(composed, run, allow_changed=args.allow_changed_data, overridden=touched)
         code = _run_job(composed, callback)
     if code == 130:
         return code

@@ -12,10 +12,10 @@ from collections.abc import Sequence
 from typing import Any
 
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from runner import contract
-from runner.tracking.redact import redact_override
+from runner.tracking.runs import logged_overrides
 from runner.tracking.session import state
 
 __all__ = ["ReplayCallback"]
@@ -52,8 +52,7 @@ class ReplayCallback(Callback):
         job = state.job
         if job is None or job.run_id is None:
             return
-        raw = OmegaConf.select(config, "hydra.overrides.task", default=None) or []
-        new = [redact_override(str(o)) for o in raw]
+        new = logged_overrides(config)
         job.set_tags(
             {
                 contract.REPLAY_OF: self.source_run_id,

@@ -23,6 +23,8 @@ from hydra.core.override_parser.types import Override
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from runner.tracking.redact import redact_job_dirname
+
 __all__ = ["ComposingLoader", "JobComposer"]
 
 #: Templates kept per sweep; a sweep over more group combinations composes the rest in full.
@@ -136,11 +138,16 @@ class ComposingLoader(ConfigLoader):
     def load_sweep_config(
         self, master_config: DictConfig, sweep_overrides: list[str]
     ) -> DictConfig:
-        """The job config of ``sweep_overrides`` (templated when it is this sweep's)."""
+        """The job config of ``sweep_overrides`` (templated when it is this sweep's), its
+        ``hydra.job.override_dirname`` redacted: any launcher then makes the job's dir from
+        it (Hydra's own ``run_job`` included)."""
         if master_config is not self.composer.master:
-            return self.loader.load_sweep_config(master_config, sweep_overrides)
-        validated = self._validated.pop(tuple(sweep_overrides), None)
-        return validated if validated is not None else self.composer.compose(sweep_overrides)
+            cfg = self.loader.load_sweep_config(master_config, sweep_overrides)
+        else:
+            validated = self._validated.pop(tuple(sweep_overrides), None)
+            cfg = validated if validated is not None else self.composer.compose(sweep_overrides)
+        redact_job_dirname(cfg)
+        return cfg
 
     def load_configuration(
         self,

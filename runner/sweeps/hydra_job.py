@@ -35,6 +35,7 @@ from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from runner.interrupts import interruptible
+from runner.tracking.redact import redact_job_dirname
 
 __all__ = ["run_config", "run_job", "task_config"]
 
@@ -84,6 +85,8 @@ def run_job(
         )
     callbacks = hydra_context.callbacks
     old_cwd = os.getcwd()
+    # Before the output dir is made from it (`hydra.sweep.subdir=${hydra.job.override_dirname}`).
+    redact_job_dirname(config)
     hydra_config = HydraConfig.instance()
     orig_hydra_cfg = hydra_config.cfg
     # Set for the output dir's interpolations (${hydra:job.num}, ...); then the output dir is

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlparse
+from urllib.parse import parse_qsl, urlparse
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -67,7 +67,12 @@ def check_no_credentials(node: DictConfig | None) -> None:
         scheme = parsed.scheme.split("+")[0]
         # A database URI may name its user (the password comes from the environment); a
         # tracking server's user is MLFLOW_TRACKING_USERNAME, so nothing belongs there.
-        if parsed.password is not None or (scheme in ("http", "https") and parsed.username):
+        in_query = any(is_secret_key(k) for k, _ in parse_qsl(parsed.query))
+        if (
+            in_query
+            or parsed.password is not None
+            or (scheme in ("http", "https") and parsed.username)
+        ):
             raise ConfigError(
                 f"{path} = {public_uri(text)} has credentials in it; credentials are never "
                 "read from configs. Remove them from the URI and export "

@@ -20,6 +20,12 @@ from runner.config import register
 from runner.errors import RunnerError
 from runner.tracking.job import JobRun, NullRun
 from runner.tracking.parents import SELF_MANAGED_SWEEPERS, SweepParents
+from runner.tracking.redact import (
+    install_log_redaction,
+    redact_exception,
+    redact_job_dirname,
+    redact_override,
+)
 from runner.tracking.runs import (
     as_runner_error,
     create_parent,
@@ -28,7 +34,15 @@ from runner.tracking.runs import (
     start_job,
     sweep_dir_of,
 )
-from runner.tracking.session import Sweep, close_open_runs, enabled, state, store_for, uri_of
+from runner.tracking.session import (
+    Sweep,
+    close_open_runs,
+    enabled,
+    redact_on_exit,
+    state,
+    store_for,
+    uri_of,
+)
 
 __all__ = ["MLflowCallback"]
 
@@ -39,12 +53,25 @@ class MLflowCallback(Callback):
     """Log each Hydra job as an MLflow run; nest a sweep's jobs under a parent run."""
 
     def __init__(self, **_: Any) -> None:
-        pass
+        # Hydra sends a job's log lines to a file in its output dir too.
+        install_log_redaction()
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        """Redact ``hydra.job.override_dirname`` before Hydra makes the job's output dir."""
+        redact_job_dirname(config)
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         """Create the sweep's parent run before any job starts."""
         register()
         state.sweep = None
+        # Before the sweeper writes multirun.yaml (and makes the sweep dir, which may name
+        # the dirname); that file is redacted on every way out, a sweep that fails before
+        # its first job included.
+        redact_job_dirname(config)
+        try:
+            redact_on_exit(sweep_dir_of(config) / "multirun.yaml")
+        except Exception as e:  # a sweep dir naming ${hydra:...}, not resolvable yet
+            log.warning("multirun.yaml will not be redacted on an early failure: %s", e)
         if not enabled(config):
             return
         try:
@@ -74,6 +101,7 @@ class MLflowCallback(Callback):
     def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
         """Start the job's run: params, configs, provenance."""
         register()
+        install_log_redaction()
         state.job, state.job_error = None, None
         redact_hydra_files(config)
         if not enabled(config):
@@ -88,6 +116,11 @@ class MLflowCallback(Callback):
 
     def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
         """End the job's run: FINISHED, or FAILED with the error as a tag."""
+        # Hydra prints them raw when it reports a failed job ("Error executing job with
+        # overrides: [...]").
+        job_return.overrides = [redact_override(str(o)) for o in job_return.overrides or []]
+        if isinstance(job_return._return_value, BaseException):
+            redact_exception(job_return._return_value)  # its message is printed and tagged
         # Held from here: the run leaves the process state before it is ended.
         with interrupts.held():
             self._end_job(job_return)

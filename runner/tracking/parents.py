@@ -17,6 +17,7 @@ from typing import Any
 
 from runner import interrupts
 from runner.locks import file_lock
+from runner.tracking.redact import redact_override
 
 __all__ = ["SELF_MANAGED_SWEEPERS", "SweepParents"]
 
@@ -50,9 +51,9 @@ class SweepParents:
                 tmp.replace(self.file)
 
     def set_overrides(self, overrides: list[str]) -> None:
-        """Record the sweep's own (redacted) command-line overrides, for parents made later."""
+        """Record the sweep's own command-line overrides (redacted), for parents made later."""
         with self._locked() as data:
-            data["overrides"] = list(overrides)
+            data["overrides"] = [redact_override(o) for o in overrides]
 
     def get_or_create(
         self, uri: str, experiment_id: str, create: Callable[[list[str] | None], str]

@@ -1,114 +1,111 @@
-"""Keep secrets out of MLflow and off the disk.
+"""Keep secrets out of MLflow and off the disk: the one redaction every write goes through.
 
-A value is secret when any key on its config path looks like a secret (password, token, ...).
-Secret values are replaced by :data:`REDACTED`, except ``${...}`` interpolations such as
-``${oc.env:DB_PASSWORD}``: those are references, not secrets, and keeping them is what lets a
-replay resolve the secret from the replaying user's environment. Credentials inside URLs
-(``scheme://user:password@host``) are masked wherever they appear.
+Two shapes of input, one rule set:
+
+* **Structured** things (a config tree, a command-line override, Hydra's YAML files) are
+  redacted by key: a value is secret when a word of its config path names a secret
+  (:func:`is_secret_key`); overrides are parsed with Hydra's own parser, so a dict, list or
+  grid value (``+db={user: u, password: p}``, ``+db.password=s1,s2``) is redacted element by
+  element.
+* **Free text** (tags, run names, descriptions, error messages, log lines, artifacts) is
+  redacted by shape (:func:`redact_text`): URL credentials (``scheme://user:password@host``,
+  also ``scheme://TOKEN@host`` and passwords holding ``/`` or ``@``), ``key=value`` and
+  ``key: value`` pairs with a secret key (query strings and Python or JSON reprs included),
+  ``Bearer`` headers, PEM private keys and well-known token formats (GitHub, OpenAI, Slack,
+  AWS access key ids, Hugging Face, JWTs).
+
+Secret values become :data:`REDACTED`. A ``${...}`` reference is not a secret and is kept,
+which is what lets a replay resolve the secret from the replaying user's environment; only
+its literal parts that could be one are redacted (the default of ``${oc.env:VAR,default}``).
 """
 
 from __future__ import annotations
 
-import re
-from pathlib import Path
+import contextlib
+import logging
+from collections.abc import Iterable, Iterator
 from typing import Any
+
+from runner.tracking._redact_core import (
+    MIN_MASKED,
+    REDACTED,
+    is_secret_key,
+    masked_values,
+    redact_exception,
+    redact_mapping,
+    redact_scalar,
+    redact_text,
+    redact_tree,
+)
+from runner.tracking._redact_hydra import (
+    redact_dirname,
+    redact_file,
+    redact_job_dirname,
+    redact_override,
+    redact_yaml_text,
+)
 
 __all__ = [
     "REDACTED",
+    "install_log_redaction",
     "is_secret_key",
+    "masking",
+    "redact_dirname",
+    "redact_exception",
     "redact_file",
+    "redact_job_dirname",
+    "redact_mapping",
     "redact_override",
+    "redact_scalar",
     "redact_text",
     "redact_tree",
+    "redact_yaml_text",
 ]
 
-REDACTED = "***"
 
-_SECRET_WORDS = (
-    r"passw(?:or)?d|passwd|pwd|secret|token|api[_-]?key|apikey|access[_-]?key|"
-    r"private[_-]?key|credentials?|auth|session[_-]?key|signature"
-)
-_SECRET_KEY = re.compile(rf"(?:^|[._\-/])(?:{_SECRET_WORDS})(?:$|[._\-/])|{_SECRET_WORDS}", re.I)
-_URL_CREDENTIALS = re.compile(r"(?P<scheme>[a-zA-Z][\w+.\-]*://)(?P<user>[^:/@\s]*):[^@/\s]*@")
-# `key=value` pairs inside override strings and Hydra's override_dirname ("a=1,db.password=x").
-_OVERRIDE_PAIR = re.compile(
-    rf"(?P<key>[+~]*[\w.\-/@]*(?:{_SECRET_WORDS})[\w.\-/@]*)=(?P<value>'[^']*'|\"[^\"]*\"|[^,\s]*)",
-    re.I,
-)
+@contextlib.contextmanager
+def masking(values: Iterable[str]) -> Iterator[None]:
+    """Mask ``values`` in every write and log line while the block runs.
 
-
-def is_secret_key(key: str) -> bool:
-    """Whether a config key (or any part of a dotted path) names a secret."""
-    return bool(_SECRET_KEY.search(str(key)))
-
-
-def _is_interpolation(value: Any) -> bool:
-    return isinstance(value, str) and value.strip().startswith("${") and value.strip().endswith("}")
-
-
-def redact_text(text: str) -> str:
-    """Mask URL credentials and ``secret_key=value`` pairs in free text."""
-    text = _URL_CREDENTIALS.sub(lambda m: f"{m['scheme']}{m['user']}:{REDACTED}@", text)
-
-    def _pair(m: re.Match[str]) -> str:
-        if _is_interpolation(m["value"]):
-            return m.group(0)
-        return f"{m['key']}={REDACTED}"
-
-    return _OVERRIDE_PAIR.sub(_pair, text)
-
-
-def redact_override(override: str) -> str:
-    """Redact one command-line override (``db.password=hunter2`` -> ``db.password=***``)."""
-    key, sep, value = override.partition("=")
-    if sep and is_secret_key(key) and not _is_interpolation(value):
-        return f"{key}={REDACTED}"
-    return redact_text(override)
-
-
-def redact_tree(obj: Any, *, secret: bool = False) -> Any:
-    """Return a copy of a plain container (dicts, lists, scalars) with secrets redacted."""
-    if isinstance(obj, dict):
-        return {k: redact_tree(v, secret=secret or is_secret_key(str(k))) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [redact_tree(v, secret=secret) for v in obj]
-    if secret and obj is not None and not _is_interpolation(obj):
-        return REDACTED
-    if isinstance(obj, str):
-        return redact_text(obj)
-    return obj
-
-
-def _redact_overrides_in(obj: Any) -> Any:
-    # Hydra keeps raw override strings in lists (overrides.yaml, hydra.overrides.task).
-    if isinstance(obj, dict):
-        return {k: _redact_overrides_in(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [redact_override(v) if isinstance(v, str) else _redact_overrides_in(v) for v in obj]
-    return obj
-
-
-def redact_file(path: Path) -> bool:
-    """Redact a YAML file that Hydra wrote (config, hydra, overrides, multirun) in place.
-
-    Returns:
-        Whether the file changed.
+    Replay passes what the logged config read from the replaying user's environment: a
+    stranger's config could route ``${oc.env:AWS_SECRET_ACCESS_KEY}`` into an estimator
+    argument whose error message (the run's ``runner.error`` tag) quotes it. Values shorter
+    than :data:`MIN_MASKED` characters are left alone.
     """
-    import yaml
+    added = {v for v in values if len(v) >= MIN_MASKED} - masked_values()
+    masked_values().update(added)
+    try:
+        yield
+    finally:
+        masked_values().difference_update(added)
 
-    if not path.is_file():
-        return False
-    original = path.read_text(encoding="utf-8")
-    # Parsing Hydra's YAML costs ~20 ms a file and runs for every job of a sweep: skip the
-    # files in which nothing could be a secret.
-    if not (_SECRET_KEY.search(original) or _URL_CREDENTIALS.search(original)):
-        return False
-    data = yaml.safe_load(original)
-    cleaned = redact_tree(_redact_overrides_in(data))
-    if cleaned == data:
-        return False
-    path.write_text(
-        yaml.safe_dump(cleaned, sort_keys=False, default_flow_style=False, allow_unicode=True),
-        encoding="utf-8",
-    )
-    return True
+
+# -- log lines -----------------------------------------------------------------------------
+def install_log_redaction() -> None:
+    """Redact every log record of this process (message and traceback) as it is made.
+
+    Hydra sends a job's log lines to ``<output dir>/<job name>.log`` as well as the console;
+    a secret in a message (a failing URL, a job's overrides) would land on disk there.
+    """
+    make = logging.getLogRecordFactory()
+    if getattr(make, "redacting", False):
+        return
+
+    def factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
+        record = make(*args, **kwargs)
+        try:
+            message = record.getMessage()
+        except Exception:  # a bad format string: let the handler report it
+            return record
+        cleaned = redact_text(message)
+        if cleaned != message:
+            record.msg, record.args = cleaned, None
+        if record.exc_info and not record.exc_text:
+            text = logging.Formatter().formatException(record.exc_info)
+            cleaned = redact_text(text)
+            if cleaned != text:
+                record.exc_text = cleaned
+        return record
+
+    factory.redacting = True  # type: ignore[attr-defined]
+    logging.setLogRecordFactory(factory)

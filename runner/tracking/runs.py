@@ -51,8 +51,10 @@ def common_tags(config: DictConfig, store: Store) -> dict[str, str]:
 
 def logged_overrides(config: DictConfig) -> list[str]:
     """The command line's overrides, secrets redacted (the ``runner.overrides`` tag)."""
-    raw = OmegaConf.select(config, "hydra.overrides.task", default=None) or []
-    return [redact_override(str(o)) for o in raw]
+    node = OmegaConf.select(config, "hydra.overrides.task", default=None)
+    # Unresolved: iterating the node would resolve `+x=${oc.env:VAR}` into the value.
+    raw = OmegaConf.to_container(node, resolve=False) if node is not None else []
+    return [redact_override(str(o)) for o in raw]  # type: ignore[union-attr]
 
 
 def create_parent(

@@ -9,6 +9,7 @@ start afresh with :func:`reset`.
 
 from __future__ import annotations
 
+import atexit
 import logging
 import sys
 from collections.abc import Callable
@@ -23,6 +24,7 @@ from runner.errors import ConfigError, TrackingError
 from runner.tracking.backends import backend_of
 from runner.tracking.job import JobRun, NullRun
 from runner.tracking.parents import SweepParents
+from runner.tracking.redact import redact_file
 from runner.tracking.store import Store, check_reachable, ensure_store, resolve_uri
 
 __all__ = [
@@ -34,6 +36,8 @@ __all__ = [
     "close_open_runs",
     "enabled",
     "launch_dir",
+    "redact_on_exit",
+    "redact_pending",
     "reset",
     "run_and_close",
     "state",
@@ -138,6 +142,35 @@ def launch_dir(config: DictConfig) -> str:
     return str(OmegaConf.select(config, "hydra.runtime.cwd", default=None) or Path.cwd())
 
 
+#: Files Hydra wrote that are redacted on every way out (see :func:`redact_on_exit`).
+_to_redact: set[Path] = set()
+_atexit = False
+
+
+def redact_on_exit(path: Path) -> None:
+    """Redact ``path`` (one of Hydra's YAML files) when this process ends, however it ends.
+
+    Hydra writes a sweep's ``multirun.yaml`` (raw overrides, secrets included) before its
+    first job; a sweep that fails before any job starts (a bad override, a failed
+    validation) never reaches the job's own redaction. The entry points' clean-up
+    (:func:`close_open_runs`) and, in an app of its own, an exit handler do it then.
+    """
+    global _atexit
+    _to_redact.add(Path(path))
+    if not _atexit:
+        atexit.register(redact_pending)
+        _atexit = True
+
+
+def redact_pending() -> None:
+    """Redact the files registered with :func:`redact_on_exit` (cheap when already clean)."""
+    for path in sorted(_to_redact):
+        try:
+            redact_file(path)
+        except Exception as e:
+            log.error("could not redact %s: %s", path, e)
+
+
 def close_job_run(status: str) -> None:
     """End this process's job run (if open) with ``status``; sweep parents stay open.
 
@@ -165,6 +198,7 @@ def close_open_runs(status: str, error: BaseException | None = None) -> None:
 
 
 def _close_open_runs(status: str, error: BaseException | None) -> None:
+    redact_pending()
     job, state.job = state.job, None
     if isinstance(job, JobRun):
         try:
@@ -217,3 +251,4 @@ def reset() -> None:
     """Forget this process's stores, job and sweep (tests start each from nothing)."""
     state.job, state.job_error, state.sweep = None, None, None
     _stores.clear()
+    _to_redact.clear()

@@ -1,7 +1,10 @@
 """The MLflow side of a job: the one module that talks to the tracking store.
 
 Everything goes through :class:`Store`, built on ``MlflowClient`` with an explicit tracking
-URI: no run is ever created implicitly by a fluent call. Every call that reaches the store is
+URI: no run is ever created implicitly by a fluent call. Its write methods are the one
+chokepoint of the redaction (:mod:`runner.tracking.redact`): every run name, param, tag
+(descriptions and error messages included) and text artifact is redacted there, whoever
+built it. Every call that reaches the store is
 fenced (:func:`runner.interrupts.fenced`): a signal never cuts one in half, even from inside
 the user's code (step metrics logged from a ``fit``). The fluent API is used for exactly
 two things that need it (model logging and autolog), and only while the job's run is
@@ -22,7 +25,7 @@ from urllib.parse import urlparse
 
 from runner import contract, interrupts
 from runner.errors import TrackingError
-from runner.tracking.redact import redact_text
+from runner.tracking.redact import redact_mapping, redact_text, redact_yaml_text
 
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
@@ -199,6 +202,22 @@ def _open_store(uri: str) -> None:
     _get_store(uri)
 
 
+def _redact_file(name: str, content: str | bytes) -> str | bytes:
+    """An artifact's content with its secrets redacted (binary files as they are)."""
+    if isinstance(content, bytes):
+        if b"\x00" in content[:8192]:
+            return content
+        try:
+            text = content.decode("utf-8")
+        except UnicodeDecodeError:
+            return content
+        cleaned = _redact_file(name, text)
+        return content if cleaned == text else str(cleaned).encode("utf-8")
+    if name.endswith((".yaml", ".yml")):
+        return redact_yaml_text(content)
+    return redact_text(content)
+
+
 def _chunks(items: list[Any], size: int) -> Iterable[list[Any]]:
     for i in range(0, len(items), size):
         yield items[i : i + size]
@@ -289,11 +308,11 @@ class Store:
         """Create a RUNNING run, nested under ``parent_id`` through MLflow's own tag."""
         from mlflow.exceptions import MlflowException
 
-        all_tags = {k: v[:MAX_TAG_VALUE] for k, v in tags.items()}
+        all_tags = {k: v[:MAX_TAG_VALUE] for k, v in redact_mapping(tags).items()}
         if parent_id:
             all_tags[contract.PARENT_RUN_ID] = parent_id
         try:
-            run = self.client.create_run(experiment_id, run_name=name, tags=all_tags)
+            run = self.client.create_run(experiment_id, run_name=redact_text(name), tags=all_tags)
         except MlflowException as e:
             raise self._fail("creating a run", e) from e
         return str(run.info.run_id)
@@ -319,8 +338,8 @@ class Store:
         from mlflow.entities import Metric, Param, RunTag
         from mlflow.exceptions import MlflowException
 
-        p = [Param(k, v) for k, v in (params or {}).items()]
-        t = [RunTag(k, str(v)[:MAX_TAG_VALUE]) for k, v in (tags or {}).items()]
+        p = [Param(k, v) for k, v in redact_mapping(params or {}).items()]
+        t = [RunTag(k, v[:MAX_TAG_VALUE]) for k, v in redact_mapping(tags or {}).items()]
         m = [
             Metric(k, float(v), int(ts), int(step), model_id=model_id if step == 0 else None)
             for k, v, step, ts in metrics
@@ -343,7 +362,8 @@ class Store:
     @interrupts.fenced
     def set_tag(self, run_id: str, key: str, value: str) -> None:
         """Set one tag."""
-        self.client.set_tag(run_id, key, str(value)[:MAX_TAG_VALUE])
+        value = redact_mapping({key: value})[key]
+        self.client.set_tag(run_id, key, value[:MAX_TAG_VALUE])
 
     @interrupts.fenced
     def log_files(self, run_id: str, files: Mapping[str, str | bytes]) -> None:
@@ -362,6 +382,7 @@ class Store:
             for rel, content in files.items():
                 path = Path(tmp, rel)
                 path.parent.mkdir(parents=True, exist_ok=True)
+                content = _redact_file(rel, content)
                 if isinstance(content, bytes):
                     path.write_bytes(content)
                 else:

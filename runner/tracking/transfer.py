@@ -25,6 +25,8 @@ if TYPE_CHECKING:
     from mlflow.entities import Run
     from mlflow.tracking import MlflowClient
 
+    from runner.tracking.reader import Lineage
+
 __all__ = ["SyncResult", "sync"]
 
 _NOT_COPIED = frozenset({contract.PARENT_RUN_ID, contract.BUFFERED_FOR, contract.SYNCED_TO})
@@ -37,21 +39,27 @@ class SyncResult:
     synced: list[tuple[str, str]] = field(default_factory=list)  # (buffered id, new id)
     already: list[str] = field(default_factory=list)
     running: list[str] = field(default_factory=list)
+    #: (buffered id, why): left in the buffer, e.g. a run in a cycle of parent runs.
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    #: (buffered id, why): copied as a top-level run, its parent tag missing or garbled.
+    unlinked: list[tuple[str, str]] = field(default_factory=list)
 
 
 def _chunks(items: list[Any], size: int) -> list[list[Any]]:
     return [items[i : i + size] for i in range(0, len(items), size)]
 
 
-def _all_runs(client: MlflowClient) -> list[Run]:
-    from runner.tracking.reader import search_experiments, search_runs
+def _all_runs(client: MlflowClient) -> tuple[list[Run], Lineage]:
+    from runner.tracking.reader import Lineage, search_experiments, search_runs
 
     exps = [e.experiment_id for e in search_experiments(client, view="all")]
     runs: list[Run] = search_runs(client, exps)
+    lineage = Lineage(runs, complete=True)
     # Parents first, so that each child's parent already has its copy.
-    return sorted(
-        runs, key=lambda r: (contract.PARENT_RUN_ID in r.data.tags, r.info.start_time or 0)
+    ordered = sorted(
+        runs, key=lambda r: (len(lineage.ancestors(r.info.run_id)), r.info.start_time or 0)
     )
+    return ordered, lineage
 
 
 def _find_copy(dst: MlflowClient, experiment_id: str, run_id: str) -> str | None:
@@ -127,6 +135,10 @@ def _replay(src: MlflowClient, dst: MlflowClient, run: Run, *, parent: str | Non
 def sync(buffer_uri: str, to: str | None = None) -> SyncResult:
     """Replay every finished buffered run onto its server (or ``to``).
 
+    A run whose ``mlflow.parentRunId`` is garbled or names a run the buffer lacks is copied
+    as a top-level run (``SyncResult.unlinked``); a run in a cycle of parent runs, and its
+    descendants, stay in the buffer (``SyncResult.skipped``) until the tag is fixed.
+
     Raises:
         TrackingError: A target that does not answer.
         RunnerError: A buffered run names no target, and none was given.
@@ -140,7 +152,9 @@ def sync(buffer_uri: str, to: str | None = None) -> SyncResult:
     result = SyncResult()
     copies: dict[str, str] = {}  # buffered run id -> copy id
     clients: dict[str, MlflowClient] = {}
-    for run in _all_runs(src):
+    runs, lineage = _all_runs(src)
+    skipped: set[str] = set()
+    for run in runs:
         rid = run.info.run_id
         if contract.SYNCED_TO in run.data.tags:
             copies[rid] = run.data.tags[contract.SYNCED_TO]
@@ -148,6 +162,14 @@ def sync(buffer_uri: str, to: str | None = None) -> SyncResult:
             continue
         if run.info.status == "RUNNING":
             result.running.append(rid)
+            continue
+        problem = lineage.problem(rid)
+        parent = lineage.parent(rid)
+        if lineage.on_cycle(rid) or (parent is not None and parent in skipped):
+            # No copy can say whose child it is; the run waits in the buffer for a fix.
+            why = str(problem) if parent is None else f"its parent run {parent} was skipped"
+            skipped.add(rid)
+            result.skipped.append((rid, why))
             continue
         target = to or run.data.tags.get(contract.BUFFERED_FOR)
         if not target or "***" in target:
@@ -160,7 +182,6 @@ def sync(buffer_uri: str, to: str | None = None) -> SyncResult:
             check_reachable(target)
             ensure_store(target)
             clients[target] = MlflowClient(target)
-        parent = run.data.tags.get(contract.PARENT_RUN_ID)
         if parent is not None and parent not in copies:
             # A parent still RUNNING (its sweep is not over): sync the child later.
             result.running.append(rid)
@@ -168,4 +189,6 @@ def sync(buffer_uri: str, to: str | None = None) -> SyncResult:
         new = _replay(src, clients[target], run, parent=copies.get(parent) if parent else None)
         copies[rid] = new
         result.synced.append((rid, new))
+        if parent is None and problem is not None:
+            result.unlinked.append((rid, f"copied as {new}, with no parent: {problem}"))
     return result

@@ -559,7 +559,11 @@ class OptunaSweep:
                     {"params": dict(t.params), "values": list(t.values)} for t in study.best_trials
                 ],
             }
+        from runner.tracking.redact import redact_tree
+
         self.sweep_dir.mkdir(parents=True, exist_ok=True)
+        # Trial params are config paths: a swept secret (db.password) is not written out.
+        results = {k: redact_tree(v) if k != "name" else v for k, v in results.items()}
         OmegaConf.save(OmegaConf.create(results), self.sweep_dir / "optimization_results.yaml")
 
     def _best(self, study: Any, directions: list[str]) -> Any:

@@ -7,6 +7,8 @@ import sys
 import time
 from typing import Any
 
+from runner.tracking.redact import redact_text
+
 __all__ = ["Progress"]
 
 log = logging.getLogger("runner.optuna_sweep")
@@ -76,7 +78,7 @@ class Progress:
         )
         if self.mode == "rich" and self._live is not None:
             self._live.update(self.line)
-            if event:
-                self._live.console.print(event)
+            if event:  # the console, not a log record: redacted here (a swept secret)
+                self._live.console.print(redact_text(event))
         elif self.mode == "log" and event:
             log.info("%s | %s", event, self.line)

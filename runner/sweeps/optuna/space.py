@@ -79,8 +79,11 @@ def format_value(value: Any) -> str:
 
 
 def _bad(text: str, why: str) -> ConfigError:
+    from runner.tracking.redact import redact_override
+
     return ConfigError(
-        f"the search-space override {text!r} cannot be used: {why}. The grammar is: {GRAMMAR}."
+        f"the search-space override {redact_override(text)!r} cannot be used: {why}. The "
+        f"grammar is: {GRAMMAR}."
     )
 
 
