@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
@@ -127,12 +128,17 @@ def diff_runs(a: Run, b: Run, *, show_all: bool = False) -> dict[str, Any]:
     return {"a": a.info.run_id, "b": b.info.run_id, "sections": sections}
 
 
+#: Control characters (C0, DEL, C1): a tag or param is a stranger's text, and one holding a
+#: terminal escape (`\x1b[2J`) would act on the reader's terminal.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
 def _cell(value: Any) -> str:
     if value is None:
         return "-"
     if isinstance(value, float):
         return repr(value)
-    return str(value)
+    return _CONTROL.sub(lambda m: repr(m.group())[1:-1], str(value))
 
 
 def render(result: dict[str, Any], *, show_all: bool = False) -> str:
@@ -149,7 +155,7 @@ def render(result: dict[str, Any], *, show_all: bool = False) -> str:
             continue
         out.append(f"{name}:")
         headers = [name[:-1] if name.endswith("s") else "key", "A", "B"]
-        body = [[r["key"], _cell(r["a"]), _cell(r["b"])] for r in rows]
+        body = [[_cell(r["key"]), _cell(r["a"]), _cell(r["b"])] for r in rows]
         if name == "metrics":
             headers.append("B - A")
             for row, r in zip(body, rows, strict=True):

@@ -564,3 +564,14 @@ def test_crafted_choices_never_steer_hydra(choices: dict[str, str]) -> None:
             assert header in (f"# @package {group.replace('/', '.')}", "# @package _global_")
             if header.endswith("_global_"):
                 assert yaml.safe_load(text) in (None, {})
+
+
+@given(st.text())
+def test_diff_never_sends_a_control_character_to_the_terminal(text: str) -> None:
+    # A tag or param is a stranger's text: `\x1b[2J` in it must be shown, not acted on.
+    from runner.diff import SECTIONS, render
+
+    result: dict[str, Any] = {"a": "a", "b": "b", "sections": {n: [] for n in SECTIONS}}
+    result["sections"]["params"] = [{"key": text, "a": text, "b": f"x{text}", "equal": False}]
+    shown = render(result)
+    assert not any((ord(c) < 32 and c != "\n") or 127 <= ord(c) < 160 for c in shown)
