@@ -475,14 +475,18 @@ def test_space_follows_hydra_grammar() -> None:
         ],
     )
     d = space.distributions
-    assert d["a"] == IntDistribution(2, 4)  # stop excluded, as Hydra defines range
+    # The stop included, as the official hydra-optuna-sweeper maps range (the last point
+    # the steps reach); a float range stays a stepped float.
+    assert d["a"] == IntDistribution(2, 5)
     assert d["b"] == IntDistribution(0, 9, step=3)
     assert d["c"] == FloatDistribution(0.001, 0.3, log=True)
     assert d["d"] == IntDistribution(1, 5)
     assert d["e"] == CategoricalDistribution(["x", "y"])
-    assert isinstance(d["f"], CategoricalDistribution) and len(d["f"].choices) == 3
+    assert d["f"] == FloatDistribution(0.1, 0.4, step=0.1)
     assert space.fixed == ["seed=3"]
-    assert parse_space({}, ["a=range(2, 5)", "e=x,y"]).grid() == {"a": [2, 3, 4], "e": ["x", "y"]}
+    grid = parse_space({}, ["a=range(2, 5)", "e=x,y", "f=range(-5.5, 5.5, step=0.5)"]).grid()
+    assert grid["a"] == [2, 3, 4, 5] and grid["e"] == ["x", "y"]
+    assert len(grid["f"]) == 23 and grid["f"][0] == -5.5 and grid["f"][-1] == 5.5
     with pytest.raises(ConfigError, match="grid sampler needs a discrete space"):
         parse_space({"c": "interval(0.0, 1.0)"}, []).grid()
     with pytest.raises(ConfigError, match=r"'x=interval\(1'.*grammar is"):

@@ -1,15 +1,18 @@
 """Config schema of ``hydra/sweeper=optuna`` and its ``sampler`` / ``pruner`` groups.
 
 The keys of the official ``hydra-optuna-sweeper`` (``n_trials``, ``n_jobs``, ``direction``,
-``storage``, ``study_name``, ``params``, ``max_failure_rate``, ``sampler``) keep their
-meaning; the new ones are documented in the README. Hydra imports every module of a
-``hydra_plugins`` package when it scans for plugins, which is what registers these nodes.
+``storage``, ``study_name``, ``params``, ``max_failure_rate``, ``sampler``, ``pruner``,
+``custom_search_space``) keep their meaning; the new ones are documented in the README.
+Hydra imports every module of a ``hydra_plugins`` package when it scans for plugins, which
+is what registers these nodes (also as ``hydra/sweeper=runner_optuna``, a name the official
+plugin cannot take over).
 """
 
 # No `from __future__ import annotations` here: Hydra's plugin scan executes this module
 # without registering it in sys.modules, and dataclasses then cannot resolve string
 # annotations (AttributeError in dataclasses._is_type).
-from dataclasses import dataclass, field
+import warnings
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
@@ -21,19 +24,35 @@ SWEEPER_TARGET = "hydra_plugins.runner_optuna_sweeper.optuna_sweeper.OptunaSweep
 _SEED = "${oc.select:seed,0}"
 
 
+# Every argument of the installed Optuna's constructors, with Optuna's default unless the
+# comment says otherwise (tests/test_optuna_dropin.py compares them with inspect.signature,
+# so a new Optuna release cannot drift silently). The nodes are stored as plain mappings:
+# a config written for the official plugin (or naming an argument of another sampler) is
+# checked by runner.sweeps.optuna.setup, whose error names the argument, the sampler and
+# the accepted arguments. Callable arguments take a `_target_` node or a dotted path.
+
+
 @dataclass
 class TPESamplerConf:
     """optuna.samplers.TPESampler (the default)."""
 
     _target_: str = "optuna.samplers.TPESampler"
     seed: Any = _SEED
-    # Optuna 4.3-4.9 deprecated consider_prior, prior_weight, consider_magic_clip,
-    # consider_endpoints and warn_independent_sampling: they are not passed.
+    # Deprecated by Optuna 4.3-4.9 (None: not passed, no warning); the official plugin's
+    # configs set them, and Optuna still takes them.
+    consider_prior: Any = None
+    prior_weight: Any = None
+    consider_magic_clip: Any = None
+    consider_endpoints: Any = None
+    warn_independent_sampling: Any = None
     n_startup_trials: int = 10
     n_ei_candidates: int = 24
-    multivariate: bool = False
+    gamma: Any = None
+    weights: Any = None
+    multivariate: Any = False  # the official plugin's default (Optuna's: None)
     group: bool = False
-    constant_liar: bool = False
+    constant_liar: bool = False  # the official plugin's (Optuna 5's: True)
+    constraints_func: Any = None
 
 
 @dataclass
@@ -55,10 +74,14 @@ class CmaEsSamplerConf:
     n_startup_trials: int = 1
     independent_sampler: Any = None
     warn_independent_sampling: bool = True
-    restart_strategy: Any = None
-    inc_popsize: int = 2
     consider_pruned_trials: bool = False
+    restart_strategy: Any = None
+    popsize: Any = None
+    inc_popsize: int = 2  # the official plugin's (Optuna 5's: -1)
     use_separable_cma: bool = False
+    with_margin: bool = False
+    lr_adapt: bool = False
+    source_trials: Any = None
 
 
 @dataclass
@@ -67,8 +90,11 @@ class GPSamplerConf:
 
     _target_: str = "optuna.samplers.GPSampler"
     seed: Any = _SEED
+    independent_sampler: Any = None
     n_startup_trials: int = 10
     deterministic_objective: bool = False
+    constraints_func: Any = None
+    warn_independent_sampling: bool = True
 
 
 @dataclass
@@ -78,7 +104,9 @@ class QMCSamplerConf:
     _target_: str = "optuna.samplers.QMCSampler"
     seed: Any = _SEED
     qmc_type: str = "sobol"
-    scramble: bool = True
+    scramble: bool = True  # the official plugin's (Optuna's: False)
+    independent_sampler: Any = None
+    warn_asynchronous_seeding: bool = True
     warn_independent_sampling: bool = True
 
 
@@ -97,9 +125,15 @@ class NSGAIISamplerConf:
     _target_: str = "optuna.samplers.NSGAIISampler"
     seed: Any = _SEED
     population_size: int = 50
+    mutation: Any = None
     mutation_prob: Any = None
+    crossover: Any = None
     crossover_prob: float = 0.9
     swapping_prob: float = 0.5
+    constraints_func: Any = None
+    elite_population_selection_strategy: Any = None
+    child_generation_strategy: Any = None
+    after_trial_strategy: Any = None
 
 
 @dataclass
@@ -125,7 +159,7 @@ class PercentilePrunerConf:
     """optuna.pruners.PercentilePruner."""
 
     _target_: str = "optuna.pruners.PercentilePruner"
-    percentile: float = 25.0
+    percentile: float = 25.0  # required by Optuna
     n_startup_trials: int = 5
     n_warmup_steps: int = 0
     interval_steps: int = 1
@@ -140,6 +174,7 @@ class HyperbandPrunerConf:
     min_resource: int = 1
     max_resource: Any = "auto"
     reduction_factor: int = 3
+    bootstrap_count: int = 0
 
 
 @dataclass
@@ -150,6 +185,25 @@ class SuccessiveHalvingPrunerConf:
     min_resource: Any = "auto"
     reduction_factor: int = 4
     min_early_stopping_rate: int = 0
+    bootstrap_count: int = 0
+
+
+SAMPLERS: dict[str, Any] = {
+    "tpe": TPESamplerConf,
+    "random": RandomSamplerConf,
+    "cmaes": CmaEsSamplerConf,
+    "gp": GPSamplerConf,
+    "qmc": QMCSamplerConf,
+    "grid": GridSamplerConf,
+    "nsgaii": NSGAIISamplerConf,
+}
+PRUNERS: dict[str, Any] = {
+    "none": NopPrunerConf,
+    "median": MedianPrunerConf,
+    "percentile": PercentilePrunerConf,
+    "hyperband": HyperbandPrunerConf,
+    "successive_halving": SuccessiveHalvingPrunerConf,
+}
 
 
 @dataclass
@@ -187,33 +241,55 @@ class OptunaSweeperConf:
     enqueue: list[Any] = field(default_factory=list)
     # Warm start: try the base config's current values of every swept key first.
     enqueue_defaults: bool = False
+    # The official plugin's define-by-run hook: a dotted path to fn(cfg, trial) that may
+    # suggest more params (`+key` for a key the config lacks); a leading dot is relative to
+    # the app's own script (the official example's `.custom-search-space-objective.configure`).
+    custom_search_space: Any = None
     # auto (live line on a terminal, log lines otherwise), rich, log, or none.
     progress: str = "auto"
 
 
+OFFICIAL = "hydra_plugins.hydra_optuna_sweeper"
+
+
+class PluginConflictWarning(UserWarning):
+    """The official hydra-optuna-sweeper is installed beside this project's sweeper."""
+
+
+def _official_installed() -> bool:
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec(OFFICIAL) is not None
+    except (ImportError, ValueError):
+        return False
+
+
 def _register() -> None:
     cs = ConfigStore.instance()
-    cs.store(group="hydra/sweeper", name="optuna", node=OptunaSweeperConf, provider="runner")
-    samplers = {
-        "tpe": TPESamplerConf,
-        "random": RandomSamplerConf,
-        "cmaes": CmaEsSamplerConf,
-        "gp": GPSamplerConf,
-        "qmc": QMCSamplerConf,
-        "grid": GridSamplerConf,
-        "nsgaii": NSGAIISamplerConf,
-    }
-    for name, node in samplers.items():
-        cs.store(group="hydra/sweeper/sampler", name=name, node=node, provider="runner")
-    pruners = {
-        "none": NopPrunerConf,
-        "median": MedianPrunerConf,
-        "percentile": PercentilePrunerConf,
-        "hyperband": HyperbandPrunerConf,
-        "successive_halving": SuccessiveHalvingPrunerConf,
-    }
-    for name, node in pruners.items():
-        cs.store(group="hydra/sweeper/pruner", name=name, node=node, provider="runner")
+    # `runner_optuna` always names this sweeper; `optuna` is the drop-in name, which the
+    # official plugin registers too.
+    for name in ("optuna", "runner_optuna"):
+        cs.store(group="hydra/sweeper", name=name, node=OptunaSweeperConf, provider="runner")
+    # Plain mappings, not typed nodes: unknown arguments reach setup.sampler/pruner, whose
+    # error lists the accepted ones (a typed node would only say "Key ... not in ...").
+    for name, node in SAMPLERS.items():
+        cs.store(group="hydra/sweeper/sampler", name=name, node=asdict(node()), provider="runner")
+    for name, node in PRUNERS.items():
+        cs.store(group="hydra/sweeper/pruner", name=name, node=asdict(node()), provider="runner")
+    if _official_installed():
+        # Both register hydra/sweeper=optuna and its sampler/pruner options; whichever
+        # Hydra's plugin scan reaches last would win, silently.
+        warnings.warn(
+            "two Optuna sweeper plugins are installed: this project's "
+            "(hydra_plugins.runner_optuna_sweeper) and the official hydra-optuna-sweeper "
+            f"({OFFICIAL}). Both register hydra/sweeper=optuna and its sampler and pruner "
+            "options, and the one Hydra's plugin scan loads last wins. Use "
+            "hydra/sweeper=runner_optuna for this project's sweeper, or uninstall one: "
+            "pip uninstall hydra-optuna-sweeper.",
+            PluginConflictWarning,
+            stacklevel=1,
+        )
 
 
 # Hydra's plugin scan imports this module; registering here is the plugin convention

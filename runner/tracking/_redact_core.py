@@ -8,12 +8,13 @@ from __future__ import annotations
 import contextlib
 import functools
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 __all__ = [
     "MIN_MASKED",
     "REDACTED",
+    "add_secret_keys",
     "is_reference",
     "is_secret_key",
     "masked_values",
@@ -134,8 +135,30 @@ def _secret_word(words: list[str], i: int) -> bool:
     )
 
 
-@functools.lru_cache(maxsize=8192)
+#: Extra secret-key patterns (the MLflow callback's ``secret_keys``), matched on the path.
+_EXTRA_KEYS: list[re.Pattern[str]] = []
+
+
+def add_secret_keys(patterns: Iterable[str]) -> None:
+    """Treat config keys matching any of ``patterns`` (regular expressions, searched in the
+    dotted path, case-insensitive) as secrets too, for the rest of this process."""
+    known = {p.pattern for p in _EXTRA_KEYS}
+    new = [re.compile(p, re.I) for p in patterns if p not in known]
+    if new:
+        _EXTRA_KEYS.extend(new)
+        _is_secret_word_key.cache_clear()
+
+
 def is_secret_key(key: str) -> bool:
+    """Whether a config key (or any word of a dotted path) names a secret (see
+    :func:`_is_secret_word_key` for the words), or matches an :func:`add_secret_keys` pattern.
+    """
+    text = str(key)
+    return _is_secret_word_key(text) or any(p.search(text) for p in _EXTRA_KEYS)
+
+
+@functools.lru_cache(maxsize=8192)
+def _is_secret_word_key(key: str) -> bool:
     """Whether a config key (or any word of a dotted path) names a secret.
 
     Secret words: anything holding ``passw``, ``passphrase``, ``passcode``, ``secret``,

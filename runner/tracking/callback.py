@@ -8,7 +8,9 @@ job's run nested under it with MLflow's ``mlflow.parentRunId`` tag.
 from __future__ import annotations
 
 import logging
-from typing import Any
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any, NoReturn
 
 from hydra.core.utils import JobReturn, JobStatus
 from hydra.experimental.callback import Callback
@@ -21,6 +23,7 @@ from runner.errors import RunnerError
 from runner.tracking.job import JobRun, NullRun
 from runner.tracking.parents import SELF_MANAGED_SWEEPERS, SweepParents
 from runner.tracking.redact import (
+    add_secret_keys,
     install_log_redaction,
     redact_exception,
     redact_job_dirname,
@@ -38,22 +41,70 @@ from runner.tracking.session import (
     Sweep,
     close_open_runs,
     enabled,
+    is_runner_app,
     redact_on_exit,
     state,
     store_for,
     uri_of,
 )
+from runner.tracking.settings import Settings, experiment_of
+from runner.tracking.store import public_uri
 
-__all__ = ["MLflowCallback"]
+__all__ = ["MLflowCallback", "return_value_metrics"]
 
 log = logging.getLogger(__name__)
 
 
 class MLflowCallback(Callback):
-    """Log each Hydra job as an MLflow run; nest a sweep's jobs under a parent run."""
+    """Log each Hydra job as an MLflow run; nest a sweep's jobs under a parent run.
 
-    def __init__(self, **_: Any) -> None:
+    Add it to any Hydra app under ``hydra.callbacks.<name>`` (``_target_:
+    runner.tracking.callback.MLflowCallback``). Its arguments are
+    :class:`~runner.tracking.settings.Settings` (read from the config by every process);
+    in the runner's own app, its ``backend``, ``experiment_name`` and ``tracking.*`` keys win.
+
+    Args:
+        tracking_uri: Where runs go (default ``MLFLOW_TRACKING_URI``, else
+            ``sqlite:///<launch dir>/mlflow.db``).
+        experiment_name: The MLflow experiment (default: the app's job name).
+        exclude: Config keys left out of params (a key excludes everything under it).
+        secret_keys: Extra regular expressions naming secret config keys.
+        log_return_value: Log the task's return value as metrics (``return_value``, one
+            metric per key of a dict, ``return_value_<i>`` for a list).
+
+    Raises:
+        ConfigError: An unknown argument or a value of the wrong type.
+    """
+
+    def __init__(
+        self,
+        *,
+        tracking_uri: str | None = None,
+        experiment_name: str | None = None,
+        exclude: Sequence[str] = (),
+        secret_keys: Sequence[str] = (),
+        log_return_value: bool = True,
+        **unknown: Any,
+    ) -> None:
+        self.settings = Settings.make(
+            {
+                "tracking_uri": tracking_uri,
+                "experiment_name": experiment_name,
+                "exclude": list(exclude),
+                "secret_keys": list(secret_keys),
+                "log_return_value": log_return_value,
+                **unknown,
+            }
+        )
+        add_secret_keys(self.settings.secret_keys)
         # Hydra sends a job's log lines to a file in its output dir too.
+        install_log_redaction()
+
+    def _setup(self, config: DictConfig) -> None:
+        # Again in each job: a launcher's worker processes get this object pickled, without
+        # running __init__.
+        register()
+        add_secret_keys(self.settings.secret_keys)
         install_log_redaction()
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
@@ -62,7 +113,7 @@ class MLflowCallback(Callback):
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         """Create the sweep's parent run before any job starts."""
-        register()
+        self._setup(config)
         state.sweep = None
         # Before the sweeper writes multirun.yaml (and makes the sweep dir, which may name
         # the dirname); that file is redacted on every way out, a sweep that fails before
@@ -79,10 +130,11 @@ class MLflowCallback(Callback):
             # doing the same), before this sweep's parallel jobs could race on it.
             store = store_for(uri_of(config), config)
             uri = store.uri
-            experiment = str(config.experiment_name)
-            exp_id = store.experiment_id(experiment)
+            exp_id = store.experiment_id(experiment_of(config))
             sweep_dir = sweep_dir_of(config)
         except Exception as e:
+            if not is_runner_app(config):
+                _abort(config, as_runner_error(e))
             # Each job will hit (and report) the same problem in its own callback.
             log.error("MLflow tracking could not start the sweep: %s", e)
             return
@@ -100,8 +152,7 @@ class MLflowCallback(Callback):
 
     def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
         """Start the job's run: params, configs, provenance."""
-        register()
-        install_log_redaction()
+        self._setup(config)
         state.job, state.job_error = None, None
         redact_hydra_files(config)
         if not enabled(config):
@@ -110,8 +161,10 @@ class MLflowCallback(Callback):
         try:
             state.job = start_job(config)
         except Exception as e:
-            # Raising here would only become a warning; the job raises it instead.
+            # Raising here would only become a warning; the runner's task raises it instead.
             state.job_error = as_runner_error(e)
+            if not is_runner_app(config):
+                _abort(config, state.job_error)  # a task of another app never asks
             log.error("%s", state.job_error)
 
     def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
@@ -121,6 +174,8 @@ class MLflowCallback(Callback):
         job_return.overrides = [redact_override(str(o)) for o in job_return.overrides or []]
         if isinstance(job_return._return_value, BaseException):
             redact_exception(job_return._return_value)  # its message is printed and tagged
+        if self.settings.log_return_value and isinstance(state.job, JobRun):
+            _log_return_value(state.job, job_return)
         # Held from here: the run leaves the process state before it is ended.
         with interrupts.held():
             self._end_job(job_return)
@@ -158,6 +213,74 @@ class MLflowCallback(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         """End the sweep's parent runs (Hydra calls this only when the sweep returns)."""
         close_open_runs("FINISHED")
+
+
+def _abort(config: DictConfig, error: BaseException) -> NoReturn:
+    """Stop the command: a misconfigured callback must not be a silent no-op.
+
+    Hydra turns a callback's exceptions into warnings, and another app's task never asks the
+    callback for its run, so this exits (``SystemExit`` passes through Hydra's handlers).
+    """
+    raise SystemExit(
+        f"error: the MLflow callback cannot track this job: {error} (hydra.callbacks: "
+        f"tracking_uri={public_uri(_uri_for_message(config))})"
+    )
+
+
+def _uri_for_message(config: DictConfig) -> str:
+    """The tracking URI for messages (``?`` when it cannot even be worked out)."""
+    try:
+        return uri_of(config)
+    except Exception:
+        return "?"
+
+
+def _metric_name(key: str) -> str:
+    return re.sub(r"[^\w\-. /]", "_", key)[:250] or "_"
+
+
+def return_value_metrics(value: Any) -> dict[str, float] | None:
+    """The metrics of a task's return value: a number as ``return_value``, a dict of numbers
+    one metric per key, a list or tuple ``return_value_0``, ``_1``, ...; None otherwise."""
+
+    def number(v: Any) -> bool:
+        return (isinstance(v, int | float) and not isinstance(v, bool)) or _is_scalar_number(v)
+
+    if number(value):
+        return {"return_value": float(value)}
+    if isinstance(value, Mapping) and value and all(number(v) for v in value.values()):
+        return {_metric_name(str(k)): float(v) for k, v in value.items()}
+    if isinstance(value, list | tuple) and value and all(number(v) for v in value):
+        return {f"return_value_{i}": float(v) for i, v in enumerate(value)}
+    return None
+
+
+def _is_scalar_number(value: Any) -> bool:
+    # numpy and torch scalars (a 0-d array or tensor) have .item() and a float value.
+    item = getattr(value, "item", None)
+    if not callable(item) or getattr(value, "ndim", 0) not in (0, None):
+        return False
+    try:
+        return isinstance(item(), int | float) and not isinstance(item(), bool)
+    except (TypeError, ValueError, RuntimeError):
+        return False
+
+
+def _log_return_value(job: JobRun, job_return: JobReturn) -> None:
+    if job_return.status != JobStatus.COMPLETED:
+        return
+    value = job_return._return_value  # not the property: it re-raises a failure
+    if value is None:
+        return
+    metrics = return_value_metrics(value)
+    if metrics is None:
+        log.warning(
+            "the task returned a %s, not a number, a dict of numbers or a list of numbers; "
+            "it is not logged as metrics (set log_return_value: false to silence this).",
+            type(value).__name__,
+        )
+        return
+    job.log_metrics(metrics)
 
 
 def _swept(config: DictConfig, keys: tuple[str, ...]) -> bool:

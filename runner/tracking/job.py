@@ -33,6 +33,9 @@ class NullRun:
     def set_tags(self, tags: Mapping[str, str]) -> None:
         """Do nothing."""
 
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        """Do nothing."""
+
     def log_files(self, files: Mapping[str, str | bytes]) -> None:
         """Do nothing."""
 
@@ -72,6 +75,7 @@ class JobRun(NullRun):
         # instead of a round trip each (see Store.log_files).
         self._files: dict[str, str | bytes] = {}
         self._tags: dict[str, str] = {}
+        self._params: dict[str, str] = {}
         self._model_id: str | None = None
         self._last_flush = time.monotonic()
 
@@ -92,15 +96,24 @@ class JobRun(NullRun):
 
     def flush(self) -> None:
         """Send every queued metric and tag now (one request for a job's usual few)."""
-        if self._pending or self._tags:
+        if self._pending or self._tags or self._params:
             pending, self._pending = self._pending, []
             tags, self._tags = self._tags, {}
-            self.store.log_batch(self.run_id, metrics=pending, tags=tags, model_id=self._model_id)
+            params, self._params = self._params, {}
+            self.store.log_batch(
+                self.run_id, metrics=pending, params=params, tags=tags, model_id=self._model_id
+            )
         self._last_flush = time.monotonic()
 
     def set_tags(self, tags: Mapping[str, str]) -> None:
         """Queue tags; they are sent with the next batch of metrics."""
         self._tags.update({k: str(v) for k, v in tags.items()})
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        """Queue params (values as strings); sent with the next batch, redacted there."""
+        from runner.tracking.params import stringify
+
+        self._params.update({str(k): stringify(v) for k, v in params.items()})
 
     def log_files(self, files: Mapping[str, str | bytes]) -> None:
         """Log in-memory files as artifacts (``path -> content``), sent when the run ends."""
@@ -136,7 +149,8 @@ class JobRun(NullRun):
             "pip_requirements": module.get_default_pip_requirements(),
         }
         if flavor == "pytorch":
-            info = module.log_model(model.module_, **kwargs)
+            # The runner's MLP wraps its torch module; a plain nn.Module is logged as it is.
+            info = module.log_model(getattr(model, "module_", model), **kwargs)
         elif flavor == "xgboost":
             info = module.log_model(model, model_format="ubj", **kwargs)
         else:

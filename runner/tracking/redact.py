@@ -29,6 +29,7 @@ from typing import Any
 from runner.tracking._redact_core import (
     MIN_MASKED,
     REDACTED,
+    add_secret_keys,
     is_secret_key,
     masked_values,
     redact_exception,
@@ -47,6 +48,7 @@ from runner.tracking._redact_hydra import (
 
 __all__ = [
     "REDACTED",
+    "add_secret_keys",
     "install_log_redaction",
     "is_secret_key",
     "masking",

@@ -22,6 +22,7 @@ from runner.tracking.params import config_params, public_config
 from runner.tracking.parents import SweepParents
 from runner.tracking.redact import redact_file, redact_override
 from runner.tracking.session import launch_dir, store_for, uri_of
+from runner.tracking.settings import experiment_of, settings_of
 from runner.tracking.store import Store, public_uri
 
 __all__ = [
@@ -80,8 +81,14 @@ def create_parent(
 
 
 def sweep_dir_of(config: DictConfig) -> Path:
-    """The sweep's directory (``hydra.sweep.dir``)."""
-    return Path(str(OmegaConf.select(config, "hydra.sweep.dir")))
+    """The sweep's directory (``hydra.sweep.dir``), absolute from the launch directory.
+
+    A relative sweep dir (Hydra's default ``multirun/...``) read inside a job that changed
+    directory (``hydra.job.chdir=True``, the default of older apps) would name a folder under
+    the job's own, and each job would find no parent there and make its own.
+    """
+    path = Path(str(OmegaConf.select(config, "hydra.sweep.dir")))
+    return path if path.is_absolute() else Path(launch_dir(config)) / path
 
 
 def redact_hydra_files(config: DictConfig) -> None:
@@ -124,8 +131,7 @@ def start_job(config: DictConfig) -> JobRun:
         TrackingError: The store cannot be reached or refused a write.
     """
     store = store_for(uri_of(config), config)
-    experiment = str(config.experiment_name)
-    exp_id = store.experiment_id(experiment)
+    exp_id = store.experiment_id(experiment_of(config))
     hc = config.hydra
     multirun = str(hc.mode).endswith("MULTIRUN")
     parent = None
@@ -138,6 +144,9 @@ def start_job(config: DictConfig) -> JobRun:
     # The logged config.yaml and the params come from one resolved, redacted copy.
     public = public_config(config, skip=frozenset({"hydra"}))
     params = config_params(public, choices)
+    settings = settings_of(config)
+    if settings is not None and settings.exclude:
+        params = {k: v for k, v in params.items() if not settings.excluded(k)}
     prov = provenance.collect(launch_dir(config))
     tags = common_tags(config, store)
     overrides = logged_overrides(config)

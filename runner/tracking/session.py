@@ -25,6 +25,7 @@ from runner.tracking.backends import backend_of
 from runner.tracking.job import JobRun, NullRun
 from runner.tracking.parents import SweepParents
 from runner.tracking.redact import redact_file
+from runner.tracking.settings import Settings, settings_of
 from runner.tracking.store import Store, check_reachable, ensure_store, resolve_uri
 
 __all__ = [
@@ -35,6 +36,7 @@ __all__ = [
     "close_job_run",
     "close_open_runs",
     "enabled",
+    "is_runner_app",
     "launch_dir",
     "redact_on_exit",
     "redact_pending",
@@ -127,14 +129,29 @@ def on_unavailable(config: DictConfig) -> str:
     return value
 
 
+def is_runner_app(config: DictConfig) -> bool:
+    """Whether ``config`` is the runner's own app's (its ``backend`` node, with ``enabled``:
+    another app's ``backend: nccl`` is not it)."""
+    node = OmegaConf.select(config, "backend", default=None)
+    return isinstance(node, DictConfig) and "enabled" in node
+
+
 def enabled(config: DictConfig) -> bool:
-    """Whether the job's backend tracks at all (``backend=none`` does not)."""
-    return bool(OmegaConf.select(config, "backend.enabled", default=False))
+    """Whether jobs are tracked: the runner's ``backend.enabled`` (``backend=none`` is
+    off), or, in any other app, whether the MLflow callback is configured."""
+    if is_runner_app(config):
+        return bool(OmegaConf.select(config, "backend.enabled", default=False))
+    return settings_of(config) is not None
 
 
 def uri_of(config: DictConfig) -> str:
-    """The absolute tracking URI of the job's backend."""
-    return backend_of(config, Path(launch_dir(config))).uri
+    """The absolute tracking URI: the runner's backend, else the callback's
+    ``tracking_uri`` (default ``MLFLOW_TRACKING_URI``, else ``mlflow.db`` in the launch dir).
+    """
+    if is_runner_app(config):
+        return backend_of(config, Path(launch_dir(config))).uri
+    settings = settings_of(config) or Settings()
+    return resolve_uri(settings.uri(), Path(launch_dir(config)))
 
 
 def launch_dir(config: DictConfig) -> str:

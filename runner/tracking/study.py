@@ -19,22 +19,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from runner import contract, interrupts
 from runner.locks import file_lock
 from runner.tracking.best import mark_best
-from runner.tracking.callback import MLflowCallback
 from runner.tracking.reader import search_runs
 from runner.tracking.runs import common_tags, logged_overrides
-from runner.tracking.session import store_for, uri_of
+from runner.tracking.session import enabled, store_for, uri_of
+from runner.tracking.settings import experiment_of, settings_of
 
 __all__ = ["StudyInfo", "StudyTracker", "study_tracker"]
 
 log = logging.getLogger(__name__)
-
-
-_CALLBACK = f"{MLflowCallback.__module__}.{MLflowCallback.__qualname__}"
 
 
 @dataclass
@@ -58,11 +55,7 @@ class StudyInfo:
 
 def study_tracker(config: DictConfig) -> StudyTracker | None:
     """A tracker when the runner's MLflow callback is configured and tracking is on."""
-    callbacks = OmegaConf.select(config, "hydra.callbacks", default=None) or {}
-    ours = any(
-        OmegaConf.select(cb, "_target_", default=None) == _CALLBACK for cb in callbacks.values()
-    )
-    if not ours or not OmegaConf.select(config, "backend.enabled", default=False):
+    if settings_of(config) is None or not enabled(config):
         return None
     return StudyTracker(config)
 
@@ -76,7 +69,7 @@ class StudyTracker:
         # tracking.on_unavailable=buffer): jobs nest under parents registered for its uri.
         self.store = store_for(uri_of(config), config)
         self.uri = self.store.uri
-        self.experiment_id = self.store.experiment_id(str(config.experiment_name))
+        self.experiment_id = self.store.experiment_id(experiment_of(config))
         self.parent_id: str | None = None
 
     # -- start ----------------------------------------------------------------------------

@@ -73,6 +73,7 @@ class OptunaSweep:
         self.mine: dict[int, Any] = {}  # trial number -> Trial, running in this process
         self.finished_here: list[Outcome] = []
         self._composer = JobComposer(hydra_context.config_loader, config)
+        self.extend: Callable[..., Any] | None = None  # hydra.sweeper.custom_search_space
 
     # -- the sweep ------------------------------------------------------------------------
     def run(self, arguments: list[str]) -> Any:
@@ -142,6 +143,14 @@ class OptunaSweep:
         pruner = setup.pruner(self.config)
         existing = self._existing_trials(storage, name)
         sampler = setup.sampler(self.config, space, existing)
+        if isinstance(sampler, optuna.samplers.GridSampler):
+            # As the official plugin does: past its last point the grid sampler would
+            # propose a point again (and stop the study, which raises outside optimize).
+            size = math.prod(len(v) for v in space.grid().values())
+            if size < self.n_trials:
+                log.info("study %s: n_trials capped at the grid's %d points", name, size)
+                self.n_trials = size
+        self.extend = setup.custom_search_space(self.config, self.task_function)
         study = st.open_study(
             storage, name=name, directions=directions, sampler=sampler, pruner=pruner
         )
@@ -292,6 +301,16 @@ class OptunaSweep:
         self, study: Any, trial: Any, space: SearchSpace, progress: Progress
     ) -> DictConfig | None:
         """The trial's config; a trial whose params do not compose fails without a job."""
+        if self.extend is not None:
+            try:
+                self.extend(self.config, trial)  # may suggest more params (define-by-run)
+            except Exception as e:
+                error = (
+                    f"hydra.sweeper.custom_search_space raised for trial {trial.number}: "
+                    f"{type(e).__name__}: {e}"
+                )
+                self._tell(study, trial, Outcome("FAIL", error=error), progress)
+                return None
         try:
             return self._job_config(trial, space)
         except Exception as e:
@@ -470,15 +489,15 @@ class OptunaSweep:
         # which the next start re-queues (never a finished trial voided).
         self.mine.pop(trial.number, None)
         if result.state == "COMPLETE":
-            study.tell(trial, result.values)
+            st.tell(study, trial, values=result.values)
         elif result.state == "PRUNED":
-            study.tell(trial, state=TrialState.PRUNED)
+            st.tell(study, trial, state=TrialState.PRUNED)
         else:
             if result.error:
                 study._storage.set_trial_system_attr(
                     trial._trial_id, contract.TRIAL_ERROR_ATTR, result.error[:2000]
                 )
-            study.tell(trial, state=TrialState.FAIL)
+            st.tell(study, trial, state=TrialState.FAIL)
         self.finished_here.append(result)
         progress.done_here += 1
         shown = ", ".join(f"{v:.6g}" for v in result.values) or (result.error or "")[:200]

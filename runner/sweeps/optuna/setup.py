@@ -3,6 +3,7 @@ pruner, warm start, and the check that the search space fits the job's config.""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Collection
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
@@ -14,6 +15,8 @@ from runner.sweeps.optuna.space import SearchSpace, format_value
 
 __all__ = [
     "DIRECTIONS",
+    "check_arguments",
+    "custom_search_space",
     "objectives",
     "parse_directions",
     "pruner",
@@ -88,17 +91,72 @@ def validate(composer: JobComposer, space: SearchSpace) -> None:
         ) from None
 
 
+def check_arguments(cfg: dict[Any, Any], *, what: str, built: Collection[str] = ()) -> None:
+    """Check a sampler or pruner mapping against its class's constructor; resolve dotted
+    paths given for callable arguments.
+
+    Args:
+        cfg: The mapping, ``_target_`` included; changed in place.
+        what: ``sampler`` or ``pruner``, for the message.
+        built: Arguments the sweep passes itself (the grid's ``search_space``).
+
+    Raises:
+        ConfigError: The target cannot be imported, or an argument is not one of its
+            constructor's; the message names it, the class and the accepted arguments.
+    """
+    import inspect
+
+    from hydra.utils import get_class, get_method
+
+    target = str(cfg.get("_target_") or "")
+    try:
+        cls = get_class(target)
+    except Exception as e:
+        raise ConfigError(
+            f"hydra.sweeper.{what}._target_={target!r} cannot be imported: "
+            f"{str(e).strip().splitlines()[0]}"
+        ) from None
+    params = inspect.signature(cls).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return
+    accepted = [n for n in params if n not in built]
+    unknown = [str(k) for k in cfg if not str(k).startswith("_") and k not in accepted]
+    if unknown:
+        raise ConfigError(
+            f"hydra.sweeper.{what}.{unknown[0]} is not an argument of {target}"
+            f"{' (nor ' + ', '.join(unknown[1:]) + ')' if unknown[1:] else ''}. "
+            f"It accepts: {', '.join(accepted) or '(none)'}. Check the key, or pick the "
+            f"{what} that takes it (hydra/sweeper/{what}=...)."
+        )
+    for name, value in cfg.items():
+        annotation = str(params[name].annotation) if name in params else ""
+        if isinstance(value, str) and "Callable" in annotation:
+            try:
+                cfg[name] = get_method(value)
+            except Exception as e:
+                raise ConfigError(
+                    f"hydra.sweeper.{what}.{name}={value!r} is not an importable function: "
+                    f"{str(e).strip().splitlines()[0]}"
+                ) from None
+
+
 def sampler(config: DictConfig, space: SearchSpace, n_existing: int) -> Any:
     """The configured sampler; a resumed study's seed moves on with its trials."""
     from hydra.utils import instantiate
 
     cfg = OmegaConf.to_container(config.hydra.sweeper.sampler, resolve=True)
     assert isinstance(cfg, dict)
+    # The official plugin's grid node is partial (it adds the grid itself); so do we.
+    cfg.pop("_partial_", None)
     if cfg.get("seed") is not None:
         # A resumed study must not replay the points it already tried: the seed moves
         # on with the number of trials the study holds.
         cfg["seed"] = int(cfg["seed"]) + n_existing
-    if str(cfg.get("_target_", "")).endswith("GridSampler"):
+    grid = str(cfg.get("_target_", "")).endswith("GridSampler")
+    if grid:
+        cfg.pop("search_space", None)
+    check_arguments(cfg, what="sampler", built={"search_space"} if grid else set())
+    if grid:
         cfg["search_space"] = space.grid()
     try:
         return instantiate(cfg)
@@ -114,13 +172,74 @@ def pruner(config: DictConfig) -> Any:
     """The configured pruner."""
     from hydra.utils import instantiate
 
-    cfg = OmegaConf.to_container(config.hydra.sweeper.pruner, resolve=True)
+    node = OmegaConf.select(config, "hydra.sweeper.pruner", default=None)
+    if node is None:  # the official plugin's default: no pruner
+        import optuna
+
+        return optuna.pruners.NopPruner()
+    cfg = OmegaConf.to_container(node, resolve=True)
+    assert isinstance(cfg, dict)
+    check_arguments(cfg, what="pruner")
     try:
         return instantiate(cfg)
     except Exception as e:
         raise ConfigError(
             f"the pruner cannot be made: {e.__cause__ or e}. Check hydra.sweeper.pruner.*"
         ) from None
+
+
+def custom_search_space(config: DictConfig, task_function: Any) -> Callable[..., Any] | None:
+    """``hydra.sweeper.custom_search_space``: the official plugin's ``fn(cfg, trial)`` hook.
+
+    A dotted path (``my_pkg.space.configure``, or ``__main__.configure`` for the app's
+    script); a leading dot is relative to the app's own module or its directory, as the
+    official example writes it (``.custom-search-space-objective.configure``).
+
+    Raises:
+        ConfigError: The path does not name a callable.
+    """
+    path = OmegaConf.select(config, "hydra.sweeper.custom_search_space", default=None)
+    if not path:
+        return None
+    path = str(path)
+    try:
+        fn = _relative(path, task_function) if path.startswith(".") else None
+        if fn is None:
+            from hydra.utils import get_method
+
+            fn = get_method(path.lstrip("."))
+    except Exception as e:
+        raise ConfigError(
+            f"hydra.sweeper.custom_search_space={path!r} is not an importable function "
+            f"fn(cfg, trial): {str(e).strip().splitlines()[-1]}"
+        ) from None
+    if not callable(fn):
+        raise ConfigError(f"hydra.sweeper.custom_search_space={path!r} is not callable")
+    return fn
+
+
+def _relative(path: str, task_function: Any) -> Any:
+    """``.module.fn`` beside the task function's module file (None: not found there)."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    module_name, _, attr = path[1:].rpartition(".")
+    module = sys.modules.get(getattr(task_function, "__module__", "") or "")
+    file = getattr(module, "__file__", None)
+    if not module_name or not file:
+        return None
+    here = Path(file)
+    if here.stem == module_name:  # the app's own script
+        return getattr(module, attr)
+    source = here.parent.joinpath(*module_name.split(".")).with_suffix(".py")
+    if not source.is_file():
+        return None
+    spec = importlib.util.spec_from_file_location(source.stem.replace("-", "_"), source)
+    assert spec is not None and spec.loader is not None
+    loaded = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(loaded)
+    return getattr(loaded, attr)
 
 
 def warm_start(config: DictConfig, study: Any, space: SearchSpace) -> None:

@@ -4,9 +4,9 @@
 Hydra override                     Optuna distribution
 =================================  ===========================================================
 ``choice(a, b, c)`` / ``a,b,c``    ``CategoricalDistribution([a, b, c])``
-``range(a, b[, step])`` (ints)     ``IntDistribution(a, last, step)``, ``last < b`` (b excluded,
-                                   as Hydra defines it)
-``range(a, b, step)`` (floats)     ``CategoricalDistribution`` of its values, b excluded
+``range(a, b[, step])`` (ints)     ``IntDistribution(a, b, step)``: b included, as the official
+                                   hydra-optuna-sweeper maps it (Hydra's basic sweeper excludes it)
+``range(a, b, step)`` (floats)     ``FloatDistribution(a, b, step=step)``, b included
 ``interval(a, b)``                 ``FloatDistribution(a, b)``
 ``int(interval(a, b))``            ``IntDistribution(a, b)``
 ``tag(log, <interval/range>)``     the same with ``log=True``
@@ -27,7 +27,7 @@ from runner.errors import ConfigError
 __all__ = ["GRAMMAR", "SearchSpace", "format_value", "parse_space"]
 
 GRAMMAR = (
-    "choice(a, b, ...) | a,b,... | range(start, stop[, step]) (stop excluded) | "
+    "choice(a, b, ...) | a,b,... | range(start, stop[, step]) (stop included) | "
     "interval(low, high) | int(interval(low, high)) | tag(log, interval(...)) | "
     "tag(log, range(...)) | key=value (fixed)"
 )
@@ -52,7 +52,11 @@ class SearchSpace:
 
     def grid(self) -> dict[str, list[Any]]:
         """The space as GridSampler's ``search_space`` (discrete distributions only)."""
-        from optuna.distributions import CategoricalDistribution, IntDistribution
+        from optuna.distributions import (
+            CategoricalDistribution,
+            FloatDistribution,
+            IntDistribution,
+        )
 
         grid: dict[str, list[Any]] = {}
         for key, dist in self.distributions.items():
@@ -60,6 +64,9 @@ class SearchSpace:
                 grid[key] = list(dist.choices)
             elif isinstance(dist, IntDistribution) and not dist.log:
                 grid[key] = list(range(dist.low, dist.high + 1, dist.step))
+            elif isinstance(dist, FloatDistribution) and dist.step is not None:
+                n = round((dist.high - dist.low) / dist.step)
+                grid[key] = [round(dist.low + i * dist.step, 12) for i in range(n + 1)]
             else:
                 raise ConfigError(
                     f"the grid sampler needs a discrete space, but {key}={self.raw[key]} is "
@@ -111,22 +118,21 @@ def _distribution(override: Any, text: str) -> Any:
         start, stop, step = value.start, value.stop, value.step
         if step is None or step == 0:
             raise _bad(text, "the step is zero")
+        if step < 0 or stop < start:
+            raise _bad(text, "it is descending")
+        # As the official plugin maps it: `stop` included (where the steps reach it).
         if all(isinstance(x, int) for x in (start, stop, step)):
-            if step < 0 or stop <= start:
-                raise _bad(text, "it is empty or descending")
-            last = start + ((stop - 1 - start) // step) * step
             if log and step != 1:
                 raise _bad(text, "tag(log, range(...)) needs step 1")
+            last = start + ((stop - start) // step) * step
             return IntDistribution(start, last, step=step, log=log)
         if log:
             raise _bad(text, "tag(log, range(...)) needs integers")
-        # Hydra's own float expansion accumulates rounding (range(0.1, 0.4, 0.1) yields
-        # 0.30000000000000004 and 0.4); count the steps instead, stop excluded.
-        n = math.ceil((stop - start) / step - 1e-9)
-        choices = [round(start + i * step, 12) for i in range(max(n, 0))]
-        if not choices:
-            raise _bad(text, "it is empty")
-        return CategoricalDistribution(choices)
+        # The last point the steps reach, computed here (Optuna would warn and round
+        # `high` down itself); counted, since adding steps up accumulates rounding.
+        n = math.floor((stop - start) / step + 1e-9)
+        last = round(start + n * step, 12)
+        return FloatDistribution(float(start), float(last), step=float(step))
     if isinstance(raw, IntervalSweep):
         low, high = value.start, value.end
         if not low < high:

@@ -26,6 +26,7 @@ __all__ = [
     "recover_stale",
     "resolve_storage",
     "study_lock",
+    "tell",
 ]
 
 
@@ -221,6 +222,22 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def tell(study: Any, trial: Any, **kwargs: Any) -> None:
+    """``study.tell``, where the grid sampler's ``study.stop()`` (grid exhausted) is a no-op.
+
+    ``GridSampler.after_trial`` calls ``study.stop()``, which raises outside
+    ``study.optimize``; Optuna stores the trial's state first (a ``finally``), and the sweep
+    stops by its count (``n_trials`` is capped at the grid's size), so nothing is lost.
+    """
+    import optuna
+
+    try:
+        study.tell(trial, **kwargs)
+    except RuntimeError as e:
+        if not (isinstance(study.sampler, optuna.samplers.GridSampler) and "Study.stop" in str(e)):
+            raise
+
+
 def void_and_retry(study: Any, storage: Any, trial: Any) -> None:
     """Mark a trial that never finished FAIL, out of the count, and queue its params again."""
     from optuna.trial import TrialState
@@ -228,7 +245,7 @@ def void_and_retry(study: Any, storage: Any, trial: Any) -> None:
     if trial.state != TrialState.RUNNING:
         return  # it finished after all (the interrupt came after its tell)
     storage.set_trial_system_attr(trial._trial_id, contract.VOID_ATTR, True)
-    study.tell(trial.number, state=TrialState.FAIL)
+    tell(study, trial.number, state=TrialState.FAIL)
     if trial.params:
         study.enqueue_trial(dict(trial.params), user_attrs={contract.RETRY_ATTR: trial.number})
 

@@ -1,0 +1,202 @@
+"""The MLflow callback in a Hydra app of the user's own (tests/apps/tutorial: Hydra's
+tutorial shape, `version_base=None`, so `chdir=True` and a relative sweep dir), run through
+its real CLI: one run, a grid, an Optuna sweep, the joblib launcher, bad settings.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+APP = Path(__file__).parent / "apps" / "tutorial"
+CALLBACK = "+hydra.callbacks.mlflow._target_=runner.tracking.callback.MLflowCallback"
+
+
+@pytest.fixture
+def app(workdir: Path) -> Path:
+    """A copy of the tutorial app in the test's own directory (its launch directory)."""
+    dest = workdir / "app"
+    shutil.copytree(APP, dest)
+    return dest
+
+
+def run_app(
+    app: Path, *args: str, env: dict[str, str] | None = None, check: bool = True
+) -> subprocess.CompletedProcess[str]:
+    """``python my_app.py *args`` from the app's directory, as its user runs it."""
+    base = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    root = str(Path(__file__).parents[1])
+    base["PYTHONPATH"] = os.pathsep.join(p for p in (root, base.get("PYTHONPATH")) if p)
+    proc = subprocess.run(
+        [sys.executable, "my_app.py", *args],
+        cwd=app,
+        env={**base, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    out = proc.stdout + proc.stderr
+    assert "Callback MLflowCallback" not in out, out  # a callback raised: Hydra warned
+    if check:
+        assert proc.returncode == 0, out
+    return proc
+
+
+def client(uri: str) -> Any:
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(uri)
+
+
+def all_runs(uri: str) -> list[Any]:
+    c = client(uri)
+    exps = [e.experiment_id for e in c.search_experiments()]
+    return list(c.search_runs(exps, max_results=1000)) if exps else []
+
+
+def test_one_run_logs_params_metrics_and_the_return_value(app: Path) -> None:
+    run_app(app, CALLBACK, "+hydra.callbacks.mlflow.experiment_name=tutorial", "x=0.5")
+    # In the launch directory, not in the job's (chdir=True) output folder.
+    assert (app / "mlflow.db").is_file()
+    assert not list((app / "outputs").rglob("mlflow.db"))
+    (run,) = all_runs(f"sqlite:///{app / 'mlflow.db'}")
+    assert run.info.status == "FINISHED"
+    assert (
+        client(f"sqlite:///{app / 'mlflow.db'}").get_experiment(run.info.experiment_id).name
+        == "tutorial"
+    )
+    params = run.data.params
+    assert params["x"] == "0.5" and params["db"] == "mysql" and params["db.driver"] == "mysql"
+    assert params["db.pass"] == "***"  # Hydra's tutorial's own secret key
+    assert run.data.metrics["return_value"] == pytest.approx(0.04)
+    history = client(f"sqlite:///{app / 'mlflow.db'}").get_metric_history(run.info.run_id, "loss")
+    assert [m.step for m in history] == [0, 1, 2]
+    assert run.data.tags["app"] == "tutorial"
+    assert b"hunter2-tutorial" not in (app / "mlflow.db").read_bytes()
+
+
+def test_settings_in_the_config_and_the_environment(app: Path) -> None:
+    config = yaml.safe_load((app / "conf" / "config.yaml").read_text())
+    config["hydra"] = {
+        "callbacks": {
+            "mlflow": {
+                "_target_": "runner.tracking.callback.MLflowCallback",
+                "tracking_uri": "sqlite:///stores/team.db",  # relative: the launch dir's
+                "exclude": ["db.timeout"],
+                "secret_keys": ["^db\\.user$"],
+            }
+        }
+    }
+    (app / "conf" / "config.yaml").write_text(yaml.safe_dump(config))
+    (app / "stores").mkdir()
+    env_store = app / "env.db"
+    run_app(app, "db=postgresql", env={"MLFLOW_TRACKING_URI": f"sqlite:///{env_store}"})
+    assert not env_store.exists()  # the callback's own argument wins
+    (run,) = all_runs(f"sqlite:///{app / 'stores' / 'team.db'}")
+    assert "db.timeout" not in run.data.params
+    assert run.data.params["db.user"] == "***"
+    # No argument: MLFLOW_TRACKING_URI, and the experiment is the app's job name.
+    (app / "conf" / "config.yaml").write_text(yaml.safe_dump({**config, "hydra": {}}))
+    run_app(app, CALLBACK, env={"MLFLOW_TRACKING_URI": f"sqlite:///{env_store}"})
+    (run,) = all_runs(f"sqlite:///{env_store}")
+    assert client(f"sqlite:///{env_store}").get_experiment(run.info.experiment_id).name == "my_app"
+
+
+@pytest.mark.parametrize(
+    "sweep",
+    [
+        pytest.param([], id="basic-sweeper"),
+        pytest.param(["hydra/sweeper=grid"], id="grid-sweeper"),
+        pytest.param(["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"], id="joblib"),
+    ],
+)
+def test_a_grid_nests_every_job_under_one_parent(app: Path, sweep: list[str]) -> None:
+    run_app(app, "-m", CALLBACK, *sweep, "x=0.1,0.2", "db=mysql,postgresql")
+    runs = all_runs(f"sqlite:///{app / 'mlflow.db'}")
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert len(parents) == 1, [r.data.tags for r in parents]
+    assert len(children) == 4
+    assert {r.data.tags["mlflow.parentRunId"] for r in children} == {parents[0].info.run_id}
+    assert {r.info.status for r in runs} == {"FINISHED"}
+    assert all("return_value" in r.data.metrics for r in children)
+
+
+def test_an_optuna_sweep_nests_its_trials_under_the_study(app: Path) -> None:
+    run_app(
+        app,
+        "-m",
+        CALLBACK,
+        "hydra/sweeper=optuna",
+        "hydra.sweeper.n_trials=3",
+        "hydra.sweeper.direction=minimize",
+        "x=interval(0,1)",
+    )
+    runs = all_runs(f"sqlite:///{app / 'mlflow.db'}")
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert len(parents) == 1 and len(children) == 3
+    assert {r.data.tags["mlflow.parentRunId"] for r in children} == {parents[0].info.run_id}
+    assert {r.info.status for r in runs} == {"FINISHED"}
+
+
+def test_a_failing_task_ends_its_run_failed(app: Path) -> None:
+    proc = run_app(app, CALLBACK, "+fail=true", check=False)
+    assert proc.returncode != 0
+    (run,) = all_runs(f"sqlite:///{app / 'mlflow.db'}")
+    assert run.info.status == "FAILED"
+    assert "the task failed on purpose" in run.data.tags["runner.error"]
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_a_misconfigured_callback_is_never_silent(app: Path) -> None:
+    proc = run_app(app, CALLBACK, "+hydra.callbacks.mlflow.bogus=1", check=False)
+    assert proc.returncode != 0
+    assert "unknown argument(s) bogus" in proc.stderr and "tracking_uri" in proc.stderr
+    down = f"http://127.0.0.1:{_closed_port()}"
+    for args in ([], ["-m", "x=0.1,0.2"]):
+        # Stock Hydra's argparse wants `-m` before the overrides.
+        proc = run_app(
+            app,
+            *args[:1],
+            CALLBACK,
+            f"+hydra.callbacks.mlflow.tracking_uri={down}",
+            *args[1:],
+            check=False,
+        )
+        assert proc.returncode != 0, proc.stdout + proc.stderr
+        assert "the MLflow callback cannot track this job" in proc.stderr, proc.stderr
+        assert down in proc.stderr
+
+
+def test_return_values_become_metrics() -> None:
+    import numpy as np
+
+    from runner.tracking.callback import return_value_metrics
+
+    assert return_value_metrics(0.5) == {"return_value": 0.5}
+    assert return_value_metrics(np.float32(2.0)) == {"return_value": 2.0}
+    assert return_value_metrics({"acc": 1, "loss": 0.5}) == {"acc": 1.0, "loss": 0.5}
+    assert return_value_metrics((1, 2.5)) == {"return_value_0": 1.0, "return_value_1": 2.5}
+    for other in (None, True, "x", [], {"a": "b"}, [1, "x"], np.zeros(3)):
+        assert return_value_metrics(other) is None
+
+
+def test_the_callback_target_names_the_class() -> None:
+    from runner.tracking.callback import MLflowCallback
+    from runner.tracking.settings import CALLBACK_TARGET
+
+    assert f"{MLflowCallback.__module__}.{MLflowCallback.__qualname__}" == CALLBACK_TARGET
