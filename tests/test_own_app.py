@@ -29,14 +29,18 @@ def app(workdir: Path) -> Path:
 
 
 def run_app(
-    app: Path, *args: str, env: dict[str, str] | None = None, check: bool = True
+    app: Path,
+    *args: str,
+    env: dict[str, str] | None = None,
+    check: bool = True,
+    script: str = "my_app.py",
 ) -> subprocess.CompletedProcess[str]:
-    """``python my_app.py *args`` from the app's directory, as its user runs it."""
+    """``python <script> *args`` from the app's directory, as its user runs it."""
     base = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
     root = str(Path(__file__).parents[1])
     base["PYTHONPATH"] = os.pathsep.join(p for p in (root, base.get("PYTHONPATH")) if p)
     proc = subprocess.run(
-        [sys.executable, "my_app.py", *args],
+        [sys.executable, script, *args],
         cwd=app,
         env={**base, **(env or {})},
         capture_output=True,
@@ -200,3 +204,37 @@ def test_the_callback_target_names_the_class() -> None:
     from runner.tracking.settings import CALLBACK_TARGET
 
     assert f"{MLflowCallback.__module__}.{MLflowCallback.__qualname__}" == CALLBACK_TARGET
+
+
+STRUCTURED = Path(__file__).parent / "apps" / "structured"
+
+
+def test_a_structured_config_torch_app_sweeps_and_prunes(workdir: Path) -> None:
+    # A dataclass-schema app whose torch loop reports per-epoch losses and prunes.
+    app = workdir / "structured"
+    shutil.copytree(STRUCTURED, app)
+    args = [
+        "-m",
+        CALLBACK,
+        "hydra/sweeper=optuna",
+        "hydra/sweeper/pruner=median",
+        "hydra.sweeper.pruner.n_startup_trials=1",
+        "hydra.sweeper.pruner.n_warmup_steps=1",
+        "hydra.sweeper.n_trials=6",
+        "hydra.sweeper.direction=minimize",
+        "hydra.sweeper.sampler.seed=0",
+        "optim.lr=tag(log, interval(0.0001, 0.3))",
+    ]
+    run_app(app, *args, script="train.py")
+    uri = f"sqlite:///{app / 'mlflow.db'}"
+    runs = all_runs(uri)
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert len(parents) == 1 and len(children) == 6
+    assert {r.info.status for r in runs} == {"FINISHED"}
+    states = [r.data.tags.get("runner.trial_state") for r in children]
+    assert "PRUNED" in states and "COMPLETE" in states, states
+    done = next(r for r in children if r.data.tags["runner.trial_state"] == "COMPLETE")
+    assert "optim.lr" in done.data.params and "epochs" in done.data.params
+    assert len(client(uri).get_metric_history(done.info.run_id, "train_loss")) == 6
+    assert "return_value" in done.data.metrics
