@@ -34,6 +34,10 @@ class OptunaSweeper(Sweeper):
             hydra_context=hydra_context, task_function=task_function, config=config
         )
 
-    def sweep(self, arguments: list[str]) -> Any:
-        """Run the study; returns the best trial's values (``None`` if none completed)."""
-        return self._impl.run(arguments)
+    def sweep(self, arguments: list[str]) -> None:
+        """Run the study; its best trial is written to ``optimization_results.yaml``.
+
+        Returns None, as the official plugin does: Hydra's ``multirun`` passes a sweeper's
+        return on to no one (``hydra.main`` drops it).
+        """
+        self._impl.run(arguments)

@@ -76,14 +76,22 @@ class OptunaSweep:
         self.extend: Callable[..., Any] | None = None  # hydra.sweeper.custom_search_space
 
     # -- the sweep ------------------------------------------------------------------------
-    def run(self, arguments: list[str]) -> Any:
-        """Run trials until the study holds ``n_trials``; write optimization_results.yaml."""
+    def run(self, arguments: list[str]) -> None:
+        """Run trials until the study holds ``n_trials``; write optimization_results.yaml.
+
+        Returns None, as the official plugin's ``sweep`` does: Hydra's ``multirun`` hands
+        the value to no one (``hydra.main`` drops it); the results are in the file.
+
+        Raises:
+            SweepError: The study stopped (failure rate, a bad job return), or every trial
+                of the study failed.
+        """
         setup_globals()
         # Worker processes start, and import what a job needs, while this process opens the
         # study: their start-up is no longer added to the sweep's.
         self._pool = self._start_pool() if self.n_jobs > 1 else None
         try:
-            return self._run(arguments)
+            self._run(arguments)
         except BaseException:
             self._stop_workers()
             raise
@@ -119,7 +127,7 @@ class OptunaSweep:
                 os.kill(proc.pid, signal.SIGTERM)
         pool.shutdown(wait=True, cancel_futures=True)
 
-    def _run(self, arguments: list[str]) -> Any:
+    def _run(self, arguments: list[str]) -> None:
         import optuna
 
         raw: Any = self.sc.direction
@@ -168,7 +176,7 @@ class OptunaSweep:
         from runner.tracking.study import study_tracker  # no MLflow import without tracking
 
         tracker = study_tracker(self.config)
-        status, error = "KILLED", None
+        status, error, ended = "KILLED", None, False
         try:
             if tracker is not None:  # inside the try: a kill right after it ends the parent
                 tracker.open(study, info)
@@ -197,11 +205,14 @@ class OptunaSweep:
             ):
                 ctx = _Trials(study, storage, spec, space, directions, pruner, progress, info.lock)
                 self._loop(ctx)
+            ended = True
+            self._check_all_failed(study)
             status = "FINISHED"
         except KeyboardInterrupt:
             self._void_mine(study, storage)
             raise
         except SweepError as e:
+            ended = True
             status, error = "FAILED", str(e)
             raise
         except BaseException as e:
@@ -209,10 +220,12 @@ class OptunaSweep:
             status, error = "FAILED", f"{type(e).__name__}: {e}"
             raise
         finally:
-            self._write_results(study, directions)
+            # Interrupted or broken: a results file is written only once a trial completed.
+            self._write_results(study, directions, ended=ended)
+            if ended:
+                self._summary(study)
             if tracker is not None:
                 tracker.close(study, info, status=status, error=error)
-        return self._best(study, directions)
 
     def _existing_trials(self, storage: Any, name: str) -> int:
         import optuna
@@ -388,7 +401,12 @@ class OptunaSweep:
         running: dict[cf.Future[Any], Any] = {}
         # Pickled once: none of it changes during a sweep (Hydra's joblib launcher, too, takes
         # the singletons' state once per batch).
-        sweep = cloudpickle.dumps((self.hydra_context, self.task_function, Singleton.get_state()))
+        task = (
+            _worker.task_ref(self.task_function),
+            self.task_function,
+            getattr(getattr(self.task_function, "__code__", None), "co_filename", None),
+        )
+        sweep = cloudpickle.dumps((self.hydra_context, task, Singleton.get_state()))
         try:
             stop = False
             while True:
@@ -558,15 +576,65 @@ class OptunaSweep:
             event=event,
         )
 
-    def _write_results(self, study: Any, directions: list[str]) -> None:
+    def _check_all_failed(self, study: Any) -> None:
+        """A study whose every trial failed is an error, whatever ``max_failure_rate`` says.
+
+        ``max_failure_rate=1.0`` lets a sweep go on past failures; a sweep of which no
+        trial ran is still no result (the official plugin, too, raises when it has no best).
+        """
+        from optuna.trial import TrialState
+
+        trials = st.counted(study.get_trials(deepcopy=False))
+        if not trials or any(t.state != TrialState.FAIL for t in trials):
+            return
+        first = min(trials, key=lambda t: t.number)
+        error = first.system_attrs.get(contract.TRIAL_ERROR_ATTR) or "(no error recorded)"
+        raise SweepError(
+            f"study {study.study_name!r}: all {len(trials)} trials failed; the first error "
+            f"was (trial {first.number}): {error}. Fix the failing jobs (see their "
+            "runner.error tag and logs); re-running resumes the study."
+        )
+
+    def _summary(self, study: Any) -> None:
+        """One line at the end of a sweep: the study's counts, its best and the results file."""
+        from optuna.trial import TrialState
+
+        trials = st.counted(study.get_trials(deepcopy=False))
+        n = {s: sum(t.state == s for t in trials) for s in TrialState}
+        if not n[TrialState.COMPLETE]:
+            best = "no trial completed"
+        elif len(study.directions) == 1:
+            best = f"best {study.best_value:.6g} (trial {study.best_trial.number})"
+        else:
+            best = f"{len(study.best_trials)} trials on the Pareto front"
+        log.info(
+            "study %s: %d trials: %d complete, %d pruned, %d failed; %s; results in %s",
+            study.study_name,
+            len(trials),
+            n[TrialState.COMPLETE],
+            n[TrialState.PRUNED],
+            n[TrialState.FAIL],
+            best,
+            self.sweep_dir / "optimization_results.yaml",
+        )
+
+    def _write_results(self, study: Any, directions: list[str], *, ended: bool) -> None:
         from optuna.trial import TrialState
 
         complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        results: dict[str, Any]
         if not complete:
-            return
-        if len(directions) == 1:
+            if not ended:
+                return
+            n = len(st.counted(study.get_trials(deepcopy=False)))
+            results = {"name": "optuna", "message": f"no trial completed (of {n})"}
+            if len(directions) == 1:
+                results |= {"best_params": None, "best_value": None}
+            else:
+                results["solutions"] = []
+        elif len(directions) == 1:
             best = study.best_trial
-            results: dict[str, Any] = {
+            results = {
                 "name": "optuna",
                 "best_params": dict(best.params),
                 "best_value": best.value,
@@ -584,13 +652,3 @@ class OptunaSweep:
         # Trial params are config paths: a swept secret (db.password) is not written out.
         results = {k: redact_tree(v) if k != "name" else v for k, v in results.items()}
         OmegaConf.save(OmegaConf.create(results), self.sweep_dir / "optimization_results.yaml")
-
-    def _best(self, study: Any, directions: list[str]) -> Any:
-        from optuna.trial import TrialState
-
-        if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-            return None
-        if len(directions) == 1:
-            value = study.best_value
-            return value if math.isfinite(value) else None
-        return [list(t.values) for t in study.best_trials]

@@ -11,39 +11,133 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import inspect
 import logging
 import signal
+import sys
+import types
+from collections.abc import Callable
+from types import FrameType
 from typing import Any
 
-from runner.interrupts import install
+from runner.interrupts import install, pending
 from runner.shutdown import quick_exit
 from runner.trial import Outcome, TrialHandle, activate, outcome
 
-__all__ = ["init_worker", "run_trial", "run_trial_payload", "warm"]
+__all__ = ["TaskRef", "init_worker", "run_trial", "run_trial_payload", "task_ref", "warm"]
 
 log = logging.getLogger(__name__)
+
+#: Whether the worker is running a trial (:func:`run_trial_payload`).
+_busy = False
 
 
 def init_worker() -> None:
     """Worker set-up: Ctrl-C is the sweep process's to handle; SIGTERM ends the job KILLED.
 
     SIGTERM is cooperative (:func:`runner.interrupts.install`): it stops the job's task at
-    once and otherwise waits until the worker's store and storage calls are done.
+    once and otherwise waits until the worker's store and storage calls are done. Outside a
+    trial (waiting in the pool's queue, the warm-up) a signal is only recorded, even a
+    second one: that is the sweep's own SIGTERM (``OptunaSweep._stop_workers``) after a
+    signal sent to the whole process group (``kill -- -PGID``, a batch scheduler), and
+    raising it there printed a ``KeyboardInterrupt: signal 15`` traceback from the pool's
+    loop. The sweep process reports the interruption; the worker exits quietly when the
+    pool shuts down.
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     install()
+    runner_handler = signal.getsignal(signal.SIGTERM)
+    assert callable(runner_handler)
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        if _busy or pending() is None:
+            runner_handler(signum, frame)
+        # else: idle with a signal already recorded; the next trial is KILLED at its start.
+
+    signal.signal(signal.SIGTERM, on_signal)
     # A spawned worker ends with a full interpreter shutdown; the sweep waits for it.
     quick_exit()
+
+
+@contextlib.contextmanager
+def _call() -> Any:
+    global _busy
+    _busy = True
+    try:
+        yield
+    finally:
+        _busy = False
 
 
 def warm(modules: list[str]) -> int:
     """Import the job's heavy modules once per worker, before the first trial is timed."""
     import os
 
+    # Not a _call(): a signal here waits (an import cut in half leaves a module that the
+    # worker's next trial fails on).
     for name in modules:
         with contextlib.suppress(ImportError):
             importlib.import_module(name)
     return os.getpid()
+
+
+#: Where a worker imports the task function from: the main module's import name (None: the
+#: script, which a spawned worker runs as ``__mp_main__``) and the function's qualname.
+TaskRef = tuple[str | None, str]
+
+
+def task_ref(task_function: Callable[..., Any]) -> TaskRef | None:
+    """The task function by reference, when it is defined in the sweep's ``__main__``.
+
+    cloudpickle pickles a function of ``__main__`` by value and names its code
+    ``<dynamic-code>`` (cloudpickle's ``_code_reduce``): the traceback of a failed trial
+    then showed ``File "<dynamic-code>"`` instead of the user's file and line. A worker
+    imports the function instead (``@hydra.main``'s wrapper holds it as ``__wrapped__``).
+    None where it cannot be found that way (a function defined inside another).
+    """
+    main = sys.modules.get("__main__")
+    qualname = getattr(task_function, "__qualname__", "")
+    if getattr(task_function, "__module__", None) != "__main__" or main is None:
+        return None
+    if "<locals>" in qualname or _lookup(main, qualname) is not task_function:
+        return None
+    spec = getattr(main, "__spec__", None)
+    return (spec.name if spec is not None else None, qualname)
+
+
+def _lookup(module: Any, qualname: str) -> Any:
+    obj = module
+    for part in qualname.split("."):
+        obj = getattr(obj, part, None)
+    try:
+        return inspect.unwrap(obj) if callable(obj) else None
+    except ValueError:  # a __wrapped__ cycle
+        return None
+
+
+def _resolve_task(ref: TaskRef | None, by_value: Any, filename: str | None) -> Any:
+    """The task function in a worker: imported by ``ref``, else the pickled copy."""
+    if ref is not None:
+        name, qualname = ref
+        try:
+            module = importlib.import_module(name) if name else sys.modules["__main__"]
+            found = _lookup(module, qualname)
+        except Exception as e:  # the pickled copy still runs; only its frames are unnamed
+            log.debug("task function %s not importable in the worker: %s", qualname, e)
+            found = None
+        if found is not None:
+            return found
+    if filename and isinstance(by_value, types.FunctionType):
+        by_value.__code__ = _named(by_value.__code__, filename)
+    return by_value
+
+
+def _named(code: types.CodeType, filename: str) -> types.CodeType:
+    """``code`` (and the code nested in it) with its file name restored."""
+    consts = tuple(
+        _named(c, filename) if isinstance(c, types.CodeType) else c for c in code.co_consts
+    )
+    return code.replace(co_filename=filename, co_consts=consts)
 
 
 def run_trial(
@@ -101,29 +195,32 @@ def run_trial_payload(sweep: bytes, payload: bytes) -> Outcome:
 
     Args:
         sweep: The sweep-wide part, the same bytes for every trial of a sweep: Hydra's
-            context, the task function and Hydra's singletons. Restoring the singletons
-            re-discovers Hydra's plugins (about 80 ms here), so a worker does it once.
+            context, the task function (a :data:`TaskRef`, the function pickled and its
+            file name) and Hydra's singletons. Restoring the singletons re-discovers
+            Hydra's plugins (about 80 ms here), so a worker does it once.
         payload: The trial's part: its job config and its :class:`runner.trial.TrialRef`.
     """
     global _sweep
     import cloudpickle
 
-    if sweep != _sweep[0]:
-        from hydra.core.singleton import Singleton
-        from hydra.core.utils import setup_globals
+    with _call():
+        try:
+            if sweep != _sweep[0]:
+                from hydra.core.singleton import Singleton
+                from hydra.core.utils import setup_globals
 
-        hydra_context, task_function, singletons = cloudpickle.loads(sweep)
-        Singleton.set_state(singletons)
-        setup_globals()
-        _sweep = (sweep, (hydra_context, task_function))
-    hydra_context, task_function = _sweep[1]
-    config, ref = cloudpickle.loads(payload)
-    try:
-        return run_trial(
-            hydra_context=hydra_context,
-            task_function=task_function,
-            config=config,
-            handle=TrialHandle(ref),
-        )
-    except KeyboardInterrupt:
-        return Outcome("KILLED", error="interrupted")
+                hydra_context, (ref, by_value, filename), singletons = cloudpickle.loads(sweep)
+                Singleton.set_state(singletons)
+                setup_globals()
+                task_function = _resolve_task(ref, by_value, filename)
+                _sweep = (sweep, (hydra_context, task_function))
+            hydra_context, task_function = _sweep[1]
+            config, trial = cloudpickle.loads(payload)
+            return run_trial(
+                hydra_context=hydra_context,
+                task_function=task_function,
+                config=config,
+                handle=TrialHandle(trial),
+            )
+        except KeyboardInterrupt:
+            return Outcome("KILLED", error="interrupted")
