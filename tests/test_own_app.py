@@ -238,3 +238,37 @@ def test_a_structured_config_torch_app_sweeps_and_prunes(workdir: Path) -> None:
     assert "optim.lr" in done.data.params and "epochs" in done.data.params
     assert len(client(uri).get_metric_history(done.info.run_id, "train_loss")) == 6
     assert "return_value" in done.data.metrics
+
+
+def test_the_official_multi_objective_example_runs_unchanged(workdir: Path) -> None:
+    # hydra-optuna-sweeper's example/multi-objective.py and its config (n_trials cut to 6),
+    # with our sweeper and the callback added on the command line.
+    app = workdir / "mo"
+    (app / "multi-objective-conf").mkdir(parents=True)
+    (app / "multi-objective.py").write_text(
+        "from typing import Tuple\n\nimport hydra\nfrom omegaconf import DictConfig\n\n\n"
+        '@hydra.main(config_path="multi-objective-conf", config_name="config")\n'
+        "def binh_and_korn(cfg: DictConfig) -> Tuple[float, float]:\n"
+        "    x: float = cfg.x\n    y: float = cfg.y\n\n"
+        "    v0 = 4 * x**2 + 4 * y**2\n    v1 = (x - 5) ** 2 + (y - 5) ** 2\n"
+        "    return v0, v1\n\n\nif __name__ == '__main__':\n    binh_and_korn()\n"
+    )
+    (app / "multi-objective-conf" / "config.yaml").write_text(
+        "defaults:\n  - override hydra/sweeper: optuna\n"
+        "  - override hydra/sweeper/sampler: nsgaii\n\n"
+        "hydra:\n  sweeper:\n    sampler:\n      seed: 123\n"
+        "    direction: [minimize, minimize]\n    study_name: multi-objective\n"
+        "    storage: null\n    n_trials: 6\n    n_jobs: 1\n    params:\n"
+        "      x: range(0, 5, step=0.5)\n      y: range(0, 3, step=0.5)\n\nx: 1\ny: 1\n"
+    )
+    run_app(app, "--multirun", CALLBACK, script="multi-objective.py")
+    runs = all_runs(f"sqlite:///{app / 'mlflow.db'}")
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert len(runs) == 7 and len(children) == 6
+    assert {r.info.status for r in runs} == {"FINISHED"}
+    for r in children:
+        x, y = float(r.data.params["x"]), float(r.data.params["y"])
+        assert r.data.metrics["return_value_0"] == 4 * x**2 + 4 * y**2
+        assert r.data.metrics["return_value_1"] == (x - 5) ** 2 + (y - 5) ** 2
+    (results,) = (app / "multirun").glob("*/*/optimization_results.yaml")
+    assert len(yaml.safe_load(results.read_text())["solutions"]) >= 1
