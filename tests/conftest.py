@@ -6,8 +6,9 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -79,6 +80,40 @@ def _reset_tracking_state() -> Iterator[None]:
     session.reset()
 
 
+def run_python(
+    argv: Sequence[str],
+    *,
+    cwd: Path | None = None,
+    env: dict[str, str] | None = None,
+    timeout: float = 300,
+    check: bool = True,
+    **popen: Any,
+) -> subprocess.CompletedProcess[str]:
+    """Run ``python *argv`` in a subprocess (a module with ``-m``, or a script), as a user
+    would; ``env`` is added to this process's environment, ``popen`` goes to
+    :func:`subprocess.run` (e.g. ``start_new_session``).
+
+    Asserts that no Hydra callback raised: Hydra turns callback exceptions into warnings,
+    which would otherwise pass unnoticed.
+    """
+    full_env = {**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.run(
+        [sys.executable, *argv],
+        cwd=cwd or Path.cwd(),
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+        **popen,
+    )
+    output = proc.stdout + proc.stderr
+    assert "Callback MLflowCallback" not in output, output
+    if check:
+        assert proc.returncode == 0, output
+    return proc
+
+
 def run_cli(
     *args: str,
     module: str = "runner",
@@ -87,23 +122,5 @@ def run_cli(
     timeout: float = 300,
     check: bool = True,
 ) -> subprocess.CompletedProcess[str]:
-    """Run ``python -m <module> *args`` in a subprocess, as a user would.
-
-    Asserts that no Hydra callback raised: Hydra turns callback exceptions into warnings,
-    which would otherwise pass unnoticed.
-    """
-    full_env = {**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.run(
-        [sys.executable, "-m", module, *args],
-        cwd=cwd or Path.cwd(),
-        env=full_env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
-    output = proc.stdout + proc.stderr
-    assert "Callback MLflowCallback" not in output, output
-    if check:
-        assert proc.returncode == 0, output
-    return proc
+    """Run ``python -m <module> *args`` in a subprocess (:func:`run_python`)."""
+    return run_python(["-m", module, *args], cwd=cwd, env=env, timeout=timeout, check=check)

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import inspect
 import os
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 from typing import Any
@@ -18,7 +16,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.conftest import run_cli
+from tests.conftest import run_cli, run_python
 
 SPHERE = """\
 import hydra
@@ -77,14 +75,8 @@ def _app(workdir: Path, sampler: str, sweeper: dict[str, Any], script: str = SPH
 
 
 def _run(script: Path, *args: str, env: dict[str, str] | None = None) -> tuple[int, str]:
-    proc = subprocess.run(
-        [sys.executable, str(script), "--multirun", *args],
-        cwd=script.parent,
-        env={**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1"},
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
+    proc = run_python(
+        [str(script), "--multirun", *args], cwd=script.parent, env=env, timeout=120, check=False
     )
     return proc.returncode, proc.stdout + proc.stderr
 

@@ -6,15 +6,13 @@ Real CLI runs in subprocesses (``python -m runner`` and a plain Hydra app), 2 tr
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
 import pytest
 import yaml
 
-from tests.conftest import ROOT, run_cli
+from tests.conftest import ROOT, run_cli, run_python
 
 FAST = ("tracking.log_model=false", "tracking.log_figures=false", "tracking.log_importances=false")
 
@@ -56,8 +54,9 @@ class Stopper(LogisticRegression):
 
 
 def _env(workdir: Path) -> dict[str, str]:
-    path = os.pathsep.join(p for p in (str(workdir), os.environ.get("PYTHONPATH")) if p)
-    return {**os.environ, "PYTHONPATH": path, "PYTHONUNBUFFERED": "1"}
+    return {
+        "PYTHONPATH": os.pathsep.join(p for p in (str(workdir), os.environ.get("PYTHONPATH")) if p)
+    }
 
 
 def test_sigterm_to_the_process_group_stops_workers_quietly(
@@ -67,13 +66,12 @@ def test_sigterm_to_the_process_group_stops_workers_quietly(
     (workdir / "stopper.py").write_text(STOPPER)
     args = ["hydra/sweeper=optuna", "hydra.sweeper.n_trials=2", "hydra.sweeper.n_jobs=2"]
     args += ["hydra/sweeper/sampler=random", "model._target_=stopper.make", *FAST]
-    proc = subprocess.run(
-        [sys.executable, "-m", "runner", "-m", *args],
+    proc = run_python(
+        ["-m", "runner", "-m", *args],
         cwd=workdir,
         env=_env(workdir),
-        capture_output=True,
-        text=True,
         timeout=120,
+        check=False,
         start_new_session=True,  # the group signalled is the sweep's alone
     )
     out = proc.stdout + proc.stderr
@@ -132,13 +130,8 @@ def _plain_app(workdir: Path, n_jobs: int) -> None:
 def test_worker_traceback_names_the_users_file(workdir: Path) -> None:
     """A trial run in a worker shows the app's own file and lines, not <dynamic-code>."""
     _plain_app(workdir, n_jobs=2)
-    proc = subprocess.run(
-        [sys.executable, "app.py", "-m"],
-        cwd=workdir,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-        capture_output=True,
-        text=True,
-        timeout=120,
+    proc = run_python(
+        ["app.py", "-m"], cwd=workdir, env={"PYTHONPATH": str(ROOT)}, timeout=120, check=False
     )
     out = proc.stdout + proc.stderr
     assert "<dynamic-code>" not in out, out
@@ -216,13 +209,12 @@ def test_sweep_returns_none_as_the_official_plugin(workdir: Path) -> None:
     """Hydra's multirun returns what the sweeper's sweep() returns: None, as upstream."""
     _plain_app(workdir, n_jobs=1)
     (workdir / "sweep.py").write_text(SWEEP)
-    proc = subprocess.run(
-        [sys.executable, "sweep.py", str(workdir / "conf")],
+    proc = run_python(
+        ["sweep.py", str(workdir / "conf")],
         cwd=workdir,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-        capture_output=True,
-        text=True,
+        env={"PYTHONPATH": str(ROOT)},
         timeout=120,
+        check=False,
     )
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.conftest import ROOT, run_cli
+from tests.conftest import ROOT, run_cli, run_python
 
 FAST = ("tracking.log_model=false", "tracking.log_figures=false", "tracking.log_importances=false")
 
@@ -305,13 +305,8 @@ def test_plain_hydra_app(workdir: Path, callback: bool) -> None:
             """
         )
     )
-    proc = subprocess.run(
-        [sys.executable, "app.py", "-m"],
-        cwd=workdir,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-        capture_output=True,
-        text=True,
-        timeout=120,
+    proc = run_python(
+        ["app.py", "-m"], cwd=workdir, env={"PYTHONPATH": str(ROOT)}, timeout=120, check=False
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     results = _results(workdir)

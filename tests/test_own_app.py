@@ -9,12 +9,13 @@ import os
 import shutil
 import socket
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+
+from tests.conftest import ROOT, run_python
 
 APP = Path(__file__).parent / "apps" / "tutorial"
 CALLBACK = "+hydra.callbacks.mlflow._target_=runner.tracking.callback.MLflowCallback"
@@ -35,23 +36,12 @@ def run_app(
     check: bool = True,
     script: str = "my_app.py",
 ) -> subprocess.CompletedProcess[str]:
-    """``python <script> *args`` from the app's directory, as its user runs it."""
-    base = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
-    root = str(Path(__file__).parents[1])
-    base["PYTHONPATH"] = os.pathsep.join(p for p in (root, base.get("PYTHONPATH")) if p)
-    proc = subprocess.run(
-        [sys.executable, script, *args],
-        cwd=app,
-        env={**base, **(env or {})},
-        capture_output=True,
-        text=True,
-        timeout=300,
+    """``python <script> *args`` from the app's directory, as its user runs it (the
+    ``workdir`` fixture has taken MLflow's variables out of the environment)."""
+    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
+    return run_python(
+        [script, *args], cwd=app, env={"PYTHONPATH": path, **(env or {})}, check=check
     )
-    out = proc.stdout + proc.stderr
-    assert "Callback MLflowCallback" not in out, out  # a callback raised: Hydra warned
-    if check:
-        assert proc.returncode == 0, out
-    return proc
 
 
 def client(uri: str) -> Any:
