@@ -201,20 +201,26 @@ def _check_autolog(composed: ComposedJob, run_id: str) -> None:
         )
 
 
-def _shown_config(composed: ComposedJob) -> dict[str, Any]:
+def _public(composed: ComposedJob) -> dict[str, Any]:
+    """The job config as the run will log it (references kept, secrets redacted)."""
+    from runner.replay.rebuild import hydra_set
+    from runner.tracking.params import public_config
+
+    with hydra_set(composed.config):
+        return public_config(composed.config, skip=frozenset({"hydra"}))
+
+
+def _shown_config(composed: ComposedJob, public: dict[str, Any]) -> dict[str, Any]:
     """What ``--dry-run`` prints: the checked values, as the run would log them.
 
     Values come from the one resolution replay checked; a leaf the run logs as its
-    reference (anything read from the environment) or redacts (a secret) is shown so.
+    reference (anything read from the environment) or redacts (a secret, ``public``) is
+    shown so.
     """
     from omegaconf import OmegaConf
 
-    from runner.replay.rebuild import hydra_set
-    from runner.tracking.params import public_config
     from runner.tracking.redact import REDACTED, redact_text
 
-    with hydra_set(composed.config):
-        public = public_config(composed.config, skip=frozenset({"hydra"}))
     raw = OmegaConf.to_container(composed.config, resolve=False)
 
     def merge(pub: Any, res: Any, unresolved: Any) -> Any:
@@ -235,12 +241,12 @@ def _shown_config(composed: ComposedJob) -> dict[str, Any]:
     return shown
 
 
-def _param_changes(composed: ComposedJob, run: Run) -> dict[str, tuple[str | None, str | None]]:
-    from runner.replay.rebuild import hydra_set
+def _param_changes(
+    public: dict[str, Any], choices: dict[str, str], run: Run
+) -> dict[str, tuple[str | None, str | None]]:
     from runner.tracking.params import config_params
 
-    with hydra_set(composed.config):
-        new = config_params(composed.config, composed.choices)
+    new = config_params(public, choices)
     old = run.data.params
     return {
         k: (old.get(k), new.get(k)) for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)
@@ -381,7 +387,8 @@ def replay(args: argparse.Namespace) -> int:
                 f"the logged config has redacted secrets at {', '.join(secrets)}; pass them "
                 "as overrides (e.g. from the environment: key='${oc.env:VAR}')."
             )
-        changes = _param_changes(composed, run)
+        public = _public(composed)
+        changes = _param_changes(public, composed.choices, run)
         if changes:
             lines = ", ".join(f"{k}: {a} -> {b}" for k, (a, b) in changes.items())
             if overrides:
@@ -397,7 +404,7 @@ def replay(args: argparse.Namespace) -> int:
         if args.dry_run:
             import yaml
 
-            print(yaml.safe_dump(_shown_config(composed), sort_keys=False), end="")
+            print(yaml.safe_dump(_shown_config(composed, public), sort_keys=False), end="")
             print(
                 "dry run: nothing was instantiated or started, and no data was read (so the "
                 "dataset digest was not compared).",

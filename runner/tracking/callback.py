@@ -261,9 +261,10 @@ def _is_scalar_number(value: Any) -> bool:
     if not callable(item) or getattr(value, "ndim", 0) not in (0, None):
         return False
     try:
-        return isinstance(item(), int | float) and not isinstance(item(), bool)
+        scalar = item()
     except (TypeError, ValueError, RuntimeError):
         return False
+    return isinstance(scalar, int | float) and not isinstance(scalar, bool)
 
 
 def _log_return_value(job: JobRun, job_return: JobReturn) -> None:
