@@ -254,7 +254,9 @@ def redact_scalar(value: Any, *, secret: bool) -> Any:
 _HOST_END = r"(?=[\w\-.\[\]%]+(?::\d*)?(?:[/?#\s'\"<>,;)\]}`|]|$))"
 _URL = re.compile(
     # One slash too: a URL that went through pathlib (`https:/u:p@h/x`, in a message).
-    r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.\-]+:/{1,3})"
+    # `\:` too: Hydra escapes the colons of a swept value when it writes a multirun job's
+    # overrides (`dataset.path=https\://u\:p@h/x` in overrides.yaml, override_dirname).
+    r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.\-]+\\?:/{1,3})"
     r"(?:(?P<user>[^\s:/?#@'\"<>]*):(?P<password>[^\s'\"<>]*?)|(?P<token>[^\s:/?#@'\"<>]+))"
     rf"@{_HOST_END}"
 )
