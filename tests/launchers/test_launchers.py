@@ -1,0 +1,183 @@
+"""Grid sweeps through each launcher engine, for real: SLURM, Ray, submitit's local executor.
+
+Each sweep is the real CLI in a subprocess; the checks read the tracking store: one parent
+per sweep, one child per job nested under it, every run FINISHED. The joblib launcher's grid
+is tested in tests/backends/test_backend_services.py (``test_joblib_workers_share_a_fresh_
+sqlite_store``) and tests/test_own_app.py (``test_a_grid_nests_every_job_under_one_parent``).
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import run_cli, run_python
+from tests.services import Service, free_port
+
+#: Keep the jobs cheap: no model, figures or importances (configs are still logged).
+CHEAP = ("tracking.log_model=false", "tracking.log_figures=false", "tracking.log_importances=false")
+
+
+def _sweep_runs(uri: str, experiment: str) -> tuple[object, list[object]]:  # (parent, jobs)
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name(experiment)
+    assert exp is not None, f"no experiment {experiment} in {uri}"
+    runs = client.search_runs([exp.experiment_id], max_results=100)
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    jobs = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert len(parents) == 1, [r.data.tags for r in parents]
+    for job in jobs:
+        assert job.data.tags["mlflow.parentRunId"] == parents[0].info.run_id
+        assert job.data.tags["runner.kind"] == "job"
+    assert parents[0].data.tags["runner.kind"] == "sweep"
+    return parents[0], jobs
+
+
+def _assert_grid(uri: str, experiment: str, sweep_dir: Path) -> list[object]:
+    """One parent, a child per ``lr`` value, all FINISHED, each job's outputs in the sweep dir."""
+    parent, jobs = _sweep_runs(uri, experiment)
+    assert sorted(r.data.params["lr"] for r in jobs) == ["0.01", "0.1"]  # type: ignore[attr-defined]
+    assert {r.info.status for r in [parent, *jobs]} == {"FINISHED"}  # type: ignore[attr-defined]
+    assert {r.data.tags["runner.job_num"] for r in jobs} == {"0", "1"}  # type: ignore[attr-defined]
+    for num in ("0", "1"):
+        assert (sweep_dir / num / ".hydra" / "overrides.yaml").is_file()
+    return jobs
+
+
+def test_a_grid_runs_its_jobs_as_slurm_jobs(
+    workdir: Path, slurm: str, sqlite_server: Service
+) -> None:
+    sweep_dir = workdir / "sweep"
+    run_cli(
+        "-m", "hydra/launcher=slurm", f"hydra.launcher.partition={slurm}",
+        "hydra.launcher.cpus_per_task=1", "hydra.launcher.mem_gb=2",
+        "hydra.launcher.timeout_min=10", f"hydra.sweep.dir={sweep_dir}",
+        "backend=server", f"backend.uri={sqlite_server.url}", "experiment_name=on_slurm",
+        "lr=0.01,0.1", *CHEAP,
+    )  # fmt: skip
+    _assert_grid(sqlite_server.url, "on_slurm", sweep_dir)
+    # submitit submits the batch as one job array, a folder per task (`<array>_<task>`, from
+    # hydra.launcher.submitit_folder=.../.submitit/%j): two, each known to slurmctld as
+    # COMPLETED in our partition (MinJobAge=300 keeps finished jobs there; accounting, hence
+    # sacct, is off), each with submitit's pickled result.
+    folder = sweep_dir / ".submitit"
+    job_ids = sorted(p.name for p in folder.iterdir() if re.fullmatch(r"\d+_\d+", p.name))
+    assert len(job_ids) == 2, sorted(p.name for p in folder.iterdir())
+    for job_id in job_ids:
+        shown = subprocess.run(
+            ["scontrol", "show", "job", job_id],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=True,
+        ).stdout
+        assert "JobState=COMPLETED" in shown and f"Partition={slurm}" in shown, shown
+        assert (folder / job_id / f"{job_id}_0_result.pkl").is_file()
+
+
+def test_a_grid_runs_its_jobs_as_ray_tasks(
+    workdir: Path, ray_cluster: str, tracking_uri: str
+) -> None:
+    # A relative sweep dir: Ray's workers run elsewhere (the cluster's own directory), and the
+    # launcher runs each job in the launching directory, as Hydra's other launchers do.
+    proc = run_cli(
+        "-m", "hydra/launcher=ray", f"hydra.launcher.address={ray_cluster}",
+        "hydra.sweep.dir=sweep", f"backend.uri={tracking_uri}", "experiment_name=on_ray",
+        "lr=0.01,0.1", *CHEAP,
+    )  # fmt: skip
+    # The fixture's cluster, not a local one (Ray names it by this machine's address).
+    port = ray_cluster.rsplit(":", 1)[1]
+    assert re.search(rf"Ray: connected to \S+:{port}\b", proc.stdout + proc.stderr), proc.stdout
+    jobs = _assert_grid(tracking_uri, "on_ray", workdir / "sweep")
+    assert {Path(r.data.tags["runner.output_dir"]).parent for r in jobs} == {  # type: ignore[attr-defined]
+        workdir / "sweep"
+    }
+
+
+def test_a_failing_ray_job_is_reported_failed(
+    workdir: Path, ray_cluster: str, tracking_uri: str
+) -> None:
+    proc = run_cli(
+        "-m", "hydra/launcher=ray", f"hydra.launcher.address={ray_cluster}",
+        "hydra.sweep.dir=sweep", f"backend.uri={tracking_uri}", "experiment_name=ray_fails",
+        "model.C=1.0,-1.0", *CHEAP, check=False,
+    )  # fmt: skip
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 1, output
+    assert "C must be positive, got -1.0" in output
+    parent, jobs = _sweep_runs(tracking_uri, "ray_fails")
+    status = {r.data.params["model.C"]: r.info.status for r in jobs}  # type: ignore[attr-defined]
+    assert status == {"1.0": "FINISHED", "-1.0": "FAILED"}
+    assert parent.info.status == "FAILED"  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("cause", ["unreachable", "not-installed"])
+def test_ray_that_cannot_run_the_jobs_is_a_config_error(
+    workdir: Path, tracking_uri: str, cause: str
+) -> None:
+    address = f"127.0.0.1:{free_port()}"  # nothing listens there
+    argv = ["-m", "hydra/launcher=ray", f"hydra.launcher.address={address}", "lr=0.01,0.1"]
+    if cause == "unreachable":
+        proc = run_cli(*argv, f"backend.uri={tracking_uri}", *CHEAP, check=False)
+        expected = [f"No Ray cluster answers at hydra.launcher.address={address}", "ray start"]
+    else:
+        # A Python without Ray: the import fails as it would in a venv without the [ray] extra.
+        shim = (
+            "import runpy, sys; sys.modules['ray'] = None; "
+            "runpy.run_module('runner', run_name='__main__')"
+        )
+        proc = run_python(["-c", shim, *argv, f"backend.uri={tracking_uri}", *CHEAP], check=False)
+        expected = ["hydra/launcher=ray needs Ray", "pip install 'hydra-mlflow-runner[ray]'"]
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 1, output
+    for text in expected:
+        assert text in output, output
+    assert "Traceback" not in output
+    # Nothing left RUNNING: the sweep's parent (made before Hydra sets up the launcher) ends
+    # FAILED, and no job ran.
+    parent, jobs = _sweep_runs(tracking_uri, "iris")
+    assert jobs == []
+    assert parent.info.status == "FAILED"  # type: ignore[attr-defined]
+
+
+def test_a_grid_runs_its_jobs_with_submitit_local(workdir: Path, tracking_uri: str) -> None:
+    sweep_dir = workdir / "sweep"
+    run_cli(
+        "-m", "hydra/launcher=submitit_local", "hydra.launcher.cpus_per_task=1",
+        "hydra.launcher.timeout_min=10", f"hydra.sweep.dir={sweep_dir}",
+        f"backend.uri={tracking_uri}", "experiment_name=on_submitit_local",
+        "lr=0.01,0.1", *CHEAP,
+    )  # fmt: skip
+    _assert_grid(tracking_uri, "on_submitit_local", sweep_dir)
+    assert list((sweep_dir / ".submitit").iterdir())  # submitit ran them, not Hydra inline
+
+
+def test_the_ray_launcher_composes_and_imports_ray_only_to_launch(workdir: Path) -> None:
+    script = """
+import sys
+from hydra import compose, initialize_config_module
+from hydra.utils import instantiate
+from runner.config import register
+
+register()
+with initialize_config_module("runner.conf", version_base="1.3"):
+    cfg = compose("config", return_hydra_config=True, overrides=[
+        "hydra/launcher=ray", "hydra.launcher.address=auto", "hydra.launcher.num_cpus=0.5",
+        "+hydra.launcher.resources.bigmem=1", "+hydra.launcher.init.runtime_env.env_vars.A=b",
+    ])
+launcher = instantiate(cfg.hydra.launcher)
+assert type(launcher).__name__ == "RayLauncher", type(launcher)
+assert launcher.address == "auto"
+assert launcher.task_options == {
+    "num_cpus": 0.5, "num_gpus": 0, "max_retries": 0, "resources": {"bigmem": 1}
+}, launcher.task_options
+assert launcher.init == {"runtime_env": {"env_vars": {"A": "b"}}}, launcher.init
+assert type(launcher.init["runtime_env"]) is dict  # plain, for Ray
+assert "ray" not in sys.modules
+"""
+    run_python(["-c", script])
