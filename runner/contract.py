@@ -69,3 +69,8 @@ WARM_START_ATTR = "runner.warm_start"
 #: Study user attrs: the study's parent run, and the store it lives in.
 STUDY_PARENT_ATTR = "runner.mlflow.parent_run_id"
 STUDY_URI_ATTR = "runner.mlflow.tracking_uri"
+#: Study system attrs of a sweep run through a launcher: why the study stopped (workers ask
+#: no more trials), and each worker's liveness (``runner.worker:<host:pid>`` -> beat time,
+#: or ``done``).
+STOP_ATTR = "runner.stop"
+WORKER_ATTR_PREFIX = "runner.worker:"

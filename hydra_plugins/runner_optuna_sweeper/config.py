@@ -228,6 +228,11 @@ class OptunaSweeperConf:
     n_trials: int = 20
     # Trials run at once on this machine (worker processes when > 1).
     n_jobs: int = 1
+    # With a launcher (hydra/launcher=slurm, submitit_local, joblib, ray): how many worker
+    # jobs it runs; each asks the shared storage for trials until the study holds n_trials.
+    n_workers: int = 1
+    # Set by the sweep on the worker jobs it launches (their own runs are not logged).
+    worker: Any = None
     # Seconds between trial heartbeats (RDB storages; null: off). On, a RUNNING trial whose
     # sweep process stopped beating for grace_period (null: 2 x interval) is failed and
     # re-queued by a surviving sweep process, on any machine (SIGKILL, power loss).

@@ -29,6 +29,8 @@ class OptunaSweeper(Sweeper):
 
         self.hydra_context = hydra_context
         self.config = config
+        # The sweep instantiates the launcher itself (hydra/launcher other than basic): it
+        # launches hydra.sweeper.n_workers worker jobs, each a sweep loop on the shared study.
         self.launcher = None
         self._impl = OptunaSweep(
             hydra_context=hydra_context, task_function=task_function, config=config

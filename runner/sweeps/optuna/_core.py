@@ -28,7 +28,7 @@ from runner.sweeps.optuna.progress import Progress
 from runner.sweeps.optuna.space import SearchSpace, format_value, parse_space
 from runner.trial import Outcome, TrialHandle, TrialRef
 
-__all__ = ["OptunaSweep", "SweepError"]
+__all__ = ["OptunaSweep", "SweepError", "WorkerTask"]
 
 log = logging.getLogger("runner.optuna_sweep")
 
@@ -53,6 +53,46 @@ class _Trials:
     lock: Callable[[], AbstractContextManager[Any]]
 
 
+@dataclass
+class _Opened:
+    """The study as :meth:`OptunaSweep._open` leaves it, ready for trials."""
+
+    study: Any
+    storage: Any
+    spec: Any
+    space: SearchSpace
+    directions: list[str]
+    pruner: Any
+    name: str
+    info: Any
+
+    def trials(self, progress: Progress) -> _Trials:
+        """What the trial loop shares, with ``progress``."""
+        return _Trials(
+            self.study,
+            self.storage,
+            self.spec,
+            self.space,
+            self.directions,
+            self.pruner,
+            progress,
+            self.info.lock,
+        )
+
+
+def _name_metrics(study: Any, objectives: list[str]) -> None:
+    """Name the study's objectives (``val_accuracy``, not optuna-dashboard's "Objective 0")."""
+    import warnings
+
+    import optuna
+
+    with warnings.catch_warnings():
+        # set_metric_names is flagged experimental (Optuna 3.2); it is a study system attr.
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        if study.metric_names != objectives:
+            study.set_metric_names(list(objectives))
+
+
 class OptunaSweep:
     """One sweep process's part of a study."""
 
@@ -74,6 +114,10 @@ class OptunaSweep:
         self.finished_here: list[Outcome] = []
         self._composer = JobComposer(hydra_context.config_loader, config)
         self.extend: Callable[..., Any] | None = None  # hydra.sweeper.custom_search_space
+        #: The worker's index in a sweep run through a launcher (None: not a worker).
+        self.worker: int | None = None
+        self.heartbeat: Any = None
+        self._lock: Callable[[], AbstractContextManager[Any]] = contextlib.nullcontext
 
     # -- the sweep ------------------------------------------------------------------------
     def run(self, arguments: list[str]) -> None:
@@ -87,6 +131,12 @@ class OptunaSweep:
                 of the study failed.
         """
         setup_globals()
+        from runner.sweeps.optuna._launched import launcher_target
+
+        target = launcher_target(self.config)
+        if target is not None:
+            self._run_launched(arguments, target)
+            return
         # Worker processes start, and import what a job needs, while this process opens the
         # study: their start-up is no longer added to the sweep's.
         self._pool = self._start_pool() if self.n_jobs > 1 else None
@@ -127,7 +177,16 @@ class OptunaSweep:
                 os.kill(proc.pid, signal.SIGTERM)
         pool.shutdown(wait=True, cancel_futures=True)
 
-    def _run(self, arguments: list[str]) -> None:
+    def _open(self, arguments: list[str], *, launcher: str | None = None, salt: int = 0) -> _Opened:
+        """Everything up to the first trial: space, storage, study, lock, warm start.
+
+        Args:
+            arguments: The sweep's command-line arguments.
+            launcher: The launcher's target when the sweep runs through one: a storage
+                its workers cannot reach is refused here, before anything is created.
+            salt: Added to the sampler's seed: each worker of a launched sweep samples
+                its own sequence (one seed for all would propose the same points).
+        """
         import optuna
 
         raw: Any = self.sc.direction
@@ -138,9 +197,10 @@ class OptunaSweep:
         space = parse_space(params, list(arguments))  # type: ignore[arg-type]
         objectives = setup.objectives(self.config, directions)
         setup.validate(self._composer, space)
-        spec = st.resolve_storage(
-            OmegaConf.select(self.sc, "storage"), self.launch_dir, self.sweep_dir, self.n_jobs
-        )
+        configured = OmegaConf.select(self.sc, "storage")
+        spec = st.resolve_storage(configured, self.launch_dir, self.sweep_dir, self.n_jobs)
+        if launcher is not None:
+            st.check_reachable(configured, spec, launcher)
         self.heartbeat = OmegaConf.select(self.sc, "heartbeat_interval", default=None)
         storage = st.make_storage(
             spec,
@@ -150,22 +210,23 @@ class OptunaSweep:
         name = setup.study_name(self.config, space, directions)
         pruner = setup.pruner(self.config)
         existing = self._existing_trials(storage, name)
-        sampler = setup.sampler(self.config, space, existing)
+        sampler = setup.sampler(self.config, space, existing, salt=salt)
         if isinstance(sampler, optuna.samplers.GridSampler):
             # As the official plugin does: past its last point the grid sampler would
             # propose a point again (and stop the study, which raises outside optimize).
             size = math.prod(len(v) for v in space.grid().values())
             if size < self.n_trials:
-                log.info("study %s: n_trials capped at the grid's %d points", name, size)
+                if not salt:
+                    log.info("study %s: n_trials capped at the grid's %d points", name, size)
                 self.n_trials = size
         self.extend = setup.custom_search_space(self.config, self.task_function)
         study = st.open_study(
             storage, name=name, directions=directions, sampler=sampler, pruner=pruner
         )
-        retried = st.recover_stale(study, storage)
-        if retried:
-            log.info("study %s: re-queued trials %s left running by a killed sweep", name, retried)
+        _name_metrics(study, objectives)
         info = self._info(space, name, directions, objectives, spec, pruner)
+        self._lock = info.lock
+        self._reap(study, startup=True)
         # Two sweep processes starting at once would both see an empty study and both
         # enqueue the warm-start points.
         with info.lock():
@@ -173,6 +234,42 @@ class OptunaSweep:
         self.sweep_dir.mkdir(parents=True, exist_ok=True)
         # Our own progress line/log lines say what Optuna's per-trial INFO lines would.
         optuna.logging.set_verbosity(optuna.logging.WARNING)
+        return _Opened(study, storage, spec, space, directions, pruner, name, info)
+
+    def _reap(self, study: Any, *, startup: bool = False) -> None:
+        """Fail and re-queue the trials of dead sweep processes; end their MLflow runs.
+
+        A trial whose heartbeat stopped (any machine), or whose owner on this host is gone,
+        is voided and queued again (storage.fail_stale, storage.recover_stale); its job's
+        run, left RUNNING by the dead process, is ended KILLED here, so no ``close-stale``
+        is needed for it.
+        """
+        stale = st.fail_stale(study)  # atomic per trial in the storage: one process wins
+        dead: list[int] = []
+        if st.any_dead_local(study):
+            # Under the study's lock: two survivors voiding the same trial would both queue
+            # its retry (and the second fail on a trial already finished).
+            with self._lock():
+                dead = st.recover_stale(study, study._storage)
+        if dead and startup:
+            log.info(
+                "study %s: re-queued trials %s left running by a killed sweep",
+                study.study_name,
+                dead,
+            )
+        if stale or dead:
+            from runner.tracking.trials import close_dead_trials
+
+            why = (
+                f"ended KILLED by the Optuna sweep process {st.owner()}: the process that ran "
+                "this trial died (its heartbeat stopped, or its process is gone); the trial "
+                "was failed and its params queued again"
+            )
+            close_dead_trials(self.config, study, [*stale, *dead], why)
+
+    def _run(self, arguments: list[str]) -> None:
+        o = self._open(arguments)
+        study, storage, info = o.study, o.storage, o.info
         from runner.tracking.study import study_tracker  # no MLflow import without tracking
 
         tracker = study_tracker(self.config)
@@ -182,29 +279,21 @@ class OptunaSweep:
                 tracker.open(study, info)
             log.info(
                 "study %s (%s, storage %s): %d of %d trials to go, n_jobs=%d",
-                name,
+                o.name,
                 info.sampler,
                 info.storage,
                 max(self.n_trials - len(st.counted(study.get_trials(deepcopy=False))), 0),
                 self.n_trials,
                 self.n_jobs,
             )
-            beat: Any = contextlib.nullcontext()
-            if st.heartbeat_on(storage):
-                beat = st.Heartbeat(
-                    storage,
-                    lambda: [t._trial_id for t in list(self.mine.values())],
-                    storage.get_heartbeat_interval(),
-                )
             with (
                 # An app without the runner's entry point would die on SIGTERM with its
                 # runs RUNNING; there, SIGTERM becomes cooperative for the sweep.
                 interrupts.installed(),
-                beat,
-                Progress(name, self.n_trials, str(self.sc.progress)) as progress,
+                self._beat(storage),
+                Progress(o.name, self.n_trials, str(self.sc.progress)) as progress,
             ):
-                ctx = _Trials(study, storage, spec, space, directions, pruner, progress, info.lock)
-                self._loop(ctx)
+                self._loop(o.trials(progress))
             ended = True
             self._check_all_failed(study)
             status = "FINISHED"
@@ -221,11 +310,257 @@ class OptunaSweep:
             raise
         finally:
             # Interrupted or broken: a results file is written only once a trial completed.
-            self._write_results(study, directions, ended=ended)
+            self._write_results(study, o.directions, ended=ended)
             if ended:
-                self._summary(study)
+                self._summary(study, tracker)
             if tracker is not None:
                 tracker.close(study, info, status=status, error=error)
+
+    def _beat(self, storage: Any) -> AbstractContextManager[Any]:
+        """The heartbeat of this process's RUNNING trials (a no-op when it is off)."""
+        if not st.heartbeat_on(storage):
+            return contextlib.nullcontext()
+        return st.Heartbeat(
+            storage,
+            lambda: [t._trial_id for t in list(self.mine.values())],
+            storage.get_heartbeat_interval(),
+        )
+
+    # -- through a launcher ---------------------------------------------------------------
+    def _run_launched(self, arguments: list[str], launcher_target: str) -> None:
+        """Launch ``n_workers`` worker jobs through the launcher and wait for them.
+
+        This process opens the study and its parent run, shows the progress read from the
+        storage, writes optimization_results.yaml and ends the parent; the workers ask for
+        and run the trials (:meth:`work`).
+        """
+        import threading
+
+        from hydra.core.plugins import Plugins
+
+        from runner.sweeps.optuna import _launched, _worker
+
+        n_workers = int(OmegaConf.select(self.sc, "n_workers", default=1) or 1)
+        if n_workers < 1:
+            raise SweepError(
+                f"hydra.sweeper.n_workers={n_workers}: give the number of worker jobs the "
+                "launcher runs (1 or more)."
+            )
+        o = self._open(arguments, launcher=launcher_target)
+        study, info = o.study, o.info
+        task = (
+            _worker.task_ref(self.task_function),
+            self.task_function,
+            getattr(getattr(self.task_function, "__code__", None), "co_filename", None),
+        )
+        worker_task = WorkerTask(
+            hydra_context=self.hydra_context, config=self.config, arguments=arguments, task=task
+        )
+        launcher = Plugins.instance().instantiate_launcher(
+            hydra_context=self.hydra_context,
+            task_function=worker_task,  # type: ignore[arg-type]  # a callable object
+            config=self.config,
+        )
+        from runner.tracking.study import study_tracker  # no MLflow import without tracking
+
+        tracker = study_tracker(self.config)
+        status, error, ended = "KILLED", None, False
+        outcome: dict[str, Any] = {}
+        try:
+            if tracker is not None:
+                tracker.open(study, info)
+            self._set_stop(study, None)  # a stop left by an earlier launched run of it
+            log.info(
+                "study %s (%s, storage %s): %d of %d trials to go, %d worker(s) through %s",
+                o.name,
+                info.sampler,
+                info.storage,
+                max(self.n_trials - len(st.counted(study.get_trials(deepcopy=False))), 0),
+                self.n_trials,
+                n_workers,
+                launcher_target.rsplit(".", 1)[-1],
+            )
+            overrides = [
+                _launched.worker_overrides(list(o.space.fixed), i) for i in range(n_workers)
+            ]
+
+            def launch() -> None:
+                try:
+                    outcome["returns"] = launcher.launch(overrides, initial_job_idx=0)
+                except BaseException as e:  # a worker died (submitit, joblib raise)
+                    outcome["error"] = e
+
+            thread = threading.Thread(target=launch, name="runner-launch", daemon=True)
+            with (
+                interrupts.installed(),
+                Progress(o.name, self.n_trials, str(self.sc.progress)) as progress,
+            ):
+                thread.start()
+                seen: set[int] = set()
+                while thread.is_alive():
+                    thread.join(timeout=1.0)
+                    interrupts.checkpoint()
+                    self._watch(study, progress, seen)
+                self._wait_workers(study, progress, seen)
+                self._watch(study, progress, seen)
+            ended = True
+            failures = self._worker_failures(outcome)
+            self._check_all_failed(study)
+            short = len(self._finished(study)) < self.n_trials
+            if failures and (short or any(not killed for killed, _ in failures)):
+                raise SweepError(
+                    f"study {study.study_name!r}: {len(failures)} of {n_workers} worker job(s) "
+                    f"failed: {failures[0][1]}. See the workers' logs (hydra.launcher's "
+                    "output, the sweep dir's .runner/workers/); re-running resumes the study."
+                )
+            for _, why in failures:
+                log.warning("a worker died (%s); its trials were re-run by the others", why)
+            if short:
+                raise SweepError(
+                    f"study {study.study_name!r}: the workers ended with "
+                    f"{len(self._finished(study))} of {self.n_trials} trials finished; "
+                    "re-running resumes the study."
+                )
+            status = "FINISHED"
+        except KeyboardInterrupt:
+            # Workers ask for no more trials; those this terminal's signal reached end
+            # their trial KILLED themselves.
+            self._set_stop(study, "the launching process was interrupted")
+            raise
+        except SweepError as e:
+            status, error = "FAILED", str(e)
+            raise
+        except BaseException as e:
+            self._set_stop(study, f"{type(e).__name__}: {e}")
+            status, error = "FAILED", f"{type(e).__name__}: {e}"
+            raise
+        finally:
+            self._write_results(study, o.directions, ended=ended)
+            if ended:
+                self._summary(study, tracker)
+            if tracker is not None:
+                tracker.close(study, info, status=status, error=error)
+
+    def _set_stop(self, study: Any, why: str | None) -> None:
+        """Tell the workers to ask for no more trials (None: clear it)."""
+        with contextlib.suppress(Exception):  # the storage itself may be what broke
+            study._storage.set_study_system_attr(study._study_id, contract.STOP_ATTR, why)
+
+    def _stopped(self, study: Any) -> str | None:
+        attrs = study._storage.get_study_system_attrs(study._study_id)
+        value = attrs.get(contract.STOP_ATTR)
+        return str(value) if value else None
+
+    def _finished(self, study: Any) -> list[Any]:
+        from optuna.trial import TrialState
+
+        return [
+            t
+            for t in st.counted(study.get_trials(deepcopy=False))
+            if t.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+        ]
+
+    def _watch(self, study: Any, progress: Progress, seen: set[int]) -> None:
+        """Show the study's progress as the storage has it; log each newly finished trial."""
+        self._reap(study)  # a dead worker's trial: re-queued, its run ended KILLED
+        for t in sorted(self._finished(study), key=lambda t: t.number):
+            if t.number in seen:
+                continue
+            seen.add(t.number)
+            progress.done_here += 1
+            error = t.system_attrs.get(contract.TRIAL_ERROR_ATTR) or ""
+            shown = ", ".join(f"{v:.6g}" for v in (t.values or [])) or str(error)[:200]
+            self._show(
+                study,
+                progress,
+                event=f"trial {t.number} {t.state.name} {shown} {dict(t.params)}",
+            )
+        self._show(study, progress)
+
+    def _wait_workers(self, study: Any, progress: Progress, seen: set[int]) -> None:
+        """Wait for workers still alive after the launcher returned (or raised at one).
+
+        submitit's ``launch`` raises at the first job that died, while the others may still
+        run (and re-run the dead one's trial): this waits for their liveness beats to say
+        done, or to stop.
+        """
+        import time
+
+        from runner.sweeps.optuna import _launched
+
+        interval = self._alive_interval()
+        while _launched.live_workers(study, stale_after=3 * interval + 5):
+            time.sleep(min(interval, 1.0))
+            interrupts.checkpoint()
+            self._watch(study, progress, seen)
+
+    def _alive_interval(self) -> float:
+        return float(self.heartbeat) if self.heartbeat else 5.0
+
+    @staticmethod
+    def _worker_failures(outcome: dict[str, Any]) -> list[tuple[bool, str]]:
+        """(died, why) per failed worker: ``died`` when its process was lost, not raised."""
+        from hydra.core.utils import JobStatus
+
+        failures: list[tuple[bool, str]] = []
+        if "error" in outcome:
+            e = outcome["error"]
+            failures.append((True, f"{type(e).__name__}: {str(e).strip()[:500]}"))
+        for ret in outcome.get("returns") or []:
+            if ret.status != JobStatus.COMPLETED:
+                value = ret._return_value
+                why = (
+                    f"{type(value).__name__}: {value}"
+                    if isinstance(value, BaseException)
+                    else str(value)
+                )
+                failures.append((False, why[:1000]))
+        return failures
+
+    # -- a worker of a launched sweep -----------------------------------------------------
+    def work(self, arguments: list[str], index: int) -> int:
+        """One worker job's loop: ask, run inline, tell, until the study holds ``n_trials``.
+
+        Runs in the job a launcher started (:class:`WorkerTask`). The study, its parent
+        run and the warm start were made by the launching process; this only runs trials.
+        A study stopped by a worker's failure rate, or by an interrupted launching process,
+        is asked for no more trials.
+
+        Returns:
+            How many trials this worker finished.
+
+        Raises:
+            SweepError: This worker's trials failed past ``max_failure_rate`` (the study is
+                then stopped for every worker).
+        """
+        from runner.sweeps.optuna import _launched
+
+        setup_globals()
+        self.n_jobs = 1  # each worker runs its trials inline
+        self.worker = index
+        o = self._open(arguments, salt=index + 1)
+        study, storage = o.study, o.storage
+        # The launching process shows the study's progress; a worker's console is the
+        # launching terminal itself under joblib (every line twice) or a log file.
+        progress_mode = "none"
+        try:
+            with (
+                interrupts.installed(),
+                self._beat(storage),
+                _launched.WorkerAlive(study, self._alive_interval()),
+                Progress(o.name, self.n_trials, progress_mode) as progress,
+            ):
+                self._loop_inline(o.trials(progress))
+        except KeyboardInterrupt:
+            self._void_mine(study, storage)
+            raise
+        except SweepError as e:
+            self._set_stop(study, str(e))
+            raise
+        except BaseException:
+            self._void_mine(study, storage)
+            raise
+        return len(self.finished_here)
 
     def _existing_trials(self, storage: Any, name: str) -> int:
         import optuna
@@ -285,7 +620,9 @@ class OptunaSweep:
         study would hold a trial too many.
         """
         study, storage = ctx.study, ctx.storage
-        st.fail_stale(study)  # a killed process's trials, on any machine (heartbeat on)
+        self._reap(study)  # a killed process's trials, on any machine (heartbeat on)
+        if self.worker is not None and self._stopped(study):
+            return None  # a worker's failures, or an interrupted launching process
         with ctx.lock():
             if len(st.counted(study.get_trials(deepcopy=False))) >= self.n_trials:
                 return None
@@ -472,8 +809,9 @@ class OptunaSweep:
         beat = st.heartbeat_on(study._storage)
         interval = float(study._storage.get_heartbeat_interval()) if beat else 0.5
         while True:
-            st.fail_stale(study)
-            st.recover_stale(study, study._storage)
+            self._reap(study)
+            if self.worker is not None and self._stopped(study):
+                return False
             trials = study.get_trials(deepcopy=False)
             if len(st.counted(trials)) < self.n_trials:
                 return True
@@ -595,28 +933,63 @@ class OptunaSweep:
             "runner.error tag and logs); re-running resumes the study."
         )
 
-    def _summary(self, study: Any) -> None:
-        """One line at the end of a sweep: the study's counts, its best and the results file."""
+    def _summary(self, study: Any, tracker: Any = None) -> None:
+        """The sweep's last lines (runner.tracking.summary): counts, best, where to look.
+
+        ``tracker`` is the study's :class:`~runner.tracking.study.StudyTracker` (None: not
+        tracked). Quiet with ``hydra.sweeper.progress=none``.
+        """
         from optuna.trial import TrialState
 
+        from runner.tracking.summary import (
+            Parent,
+            SweepSummary,
+            emit,
+            fmt_number,
+            format_sweep,
+            is_quiet,
+        )
+
+        if str(self.sc.progress) == "none" or is_quiet(self.config):
+            return
         trials = st.counted(study.get_trials(deepcopy=False))
         n = {s: sum(t.state == s for t in trials) for s in TrialState}
-        if not n[TrialState.COMPLETE]:
-            best = "no trial completed"
-        elif len(study.directions) == 1:
-            best = f"best {study.best_value:.6g} (trial {study.best_trial.number})"
-        else:
-            best = f"{len(study.best_trials)} trials on the Pareto front"
-        log.info(
-            "study %s: %d trials: %d complete, %d pruned, %d failed; %s; results in %s",
-            study.study_name,
-            len(trials),
-            n[TrialState.COMPLETE],
-            n[TrialState.PRUNED],
-            n[TrialState.FAIL],
-            best,
-            self.sweep_dir / "optimization_results.yaml",
+        counts = {
+            "complete": n[TrialState.COMPLETE],
+            "pruned": n[TrialState.PRUNED],
+            "failed": n[TrialState.FAIL],
+            "running": n[TrialState.RUNNING],
+            "waiting": n[TrialState.WAITING],
+        }
+        # Wall time of the study's trials, first start to last end (a resumed study's
+        # span includes the pause).
+        starts = [t.datetime_start for t in trials if t.datetime_start]
+        ends = [t.datetime_complete for t in trials if t.datetime_complete]
+        wall = (max(ends) - min(starts)).total_seconds() if starts and ends else None
+        summary = SweepSummary(
+            title=f"study {study.study_name}",
+            counts=counts,
+            unit="trial",
+            wall_s=wall,
+            results_file=self.sweep_dir / "optimization_results.yaml",
         )
+        if not n[TrialState.COMPLETE]:
+            summary.note = "no trial completed"
+        elif len(study.directions) == 1:
+            best = study.best_trial
+            summary.best_value = float(best.value)
+            summary.best_label = f"trial {best.number}"
+            summary.best_params = [f"{k}={fmt_number(v)}" for k, v in best.params.items()]
+            try:
+                objective = OmegaConf.select(self.config, "objective", default=None)
+            except Exception:  # another app's interpolation that needs a job's context
+                objective = None
+            summary.objective = str(objective) if isinstance(objective, str) else None
+        else:
+            summary.note = f"{len(study.best_trials)} trials on the Pareto front"
+        if tracker is not None and tracker.parent_id:
+            summary.parents = [Parent(tracker.uri, tracker.experiment_id, tracker.parent_id)]
+        emit(format_sweep(summary))
 
     def _write_results(self, study: Any, directions: list[str], *, ended: bool) -> None:
         from optuna.trial import TrialState
@@ -652,3 +1025,38 @@ class OptunaSweep:
         # Trial params are config paths: a swept secret (db.password) is not written out.
         results = {k: redact_tree(v) if k != "name" else v for k, v in results.items()}
         OmegaConf.save(OmegaConf.create(results), self.sweep_dir / "optimization_results.yaml")
+
+
+class WorkerTask:
+    """The task function of a worker job (picklable; the launcher runs it in the job).
+
+    Args:
+        hydra_context: The sweep's Hydra context (config loader, callbacks).
+        config: The sweep's own config (not the worker job's): trials compose from it.
+        arguments: The sweep's command-line arguments (the search space).
+        task: The user's task function as :func:`runner.sweeps.optuna._worker.task_ref`,
+            the function itself and its file name.
+    """
+
+    def __init__(
+        self, *, hydra_context: Any, config: DictConfig, arguments: list[str], task: Any
+    ) -> None:
+        self.hydra_context = hydra_context
+        self.config = config
+        self.arguments = list(arguments)
+        self.task = task
+
+    def __call__(self, cfg: DictConfig) -> int:
+        """Run the worker's sweep loop; return how many trials it finished."""
+        from hydra.core.hydra_config import HydraConfig
+
+        from runner.sweeps.optuna._worker import resolve_task
+
+        hydra_cfg: Any = HydraConfig.get()  # the worker job's (marked by worker_overrides)
+        index = int(OmegaConf.select(hydra_cfg, "sweeper.worker", default=0) or 0)
+        sweep = OptunaSweep(
+            hydra_context=self.hydra_context,
+            task_function=resolve_task(*self.task),
+            config=self.config,
+        )
+        return sweep.work(self.arguments, index)

@@ -24,7 +24,15 @@ from runner.interrupts import install, pending
 from runner.shutdown import quick_exit
 from runner.trial import Outcome, TrialHandle, activate, outcome
 
-__all__ = ["TaskRef", "init_worker", "run_trial", "run_trial_payload", "task_ref", "warm"]
+__all__ = [
+    "TaskRef",
+    "init_worker",
+    "resolve_task",
+    "run_trial",
+    "run_trial_payload",
+    "task_ref",
+    "warm",
+]
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +123,7 @@ def _lookup(module: Any, qualname: str) -> Any:
         return None
 
 
-def _resolve_task(ref: TaskRef | None, by_value: Any, filename: str | None) -> Any:
+def resolve_task(ref: TaskRef | None, by_value: Any, filename: str | None) -> Any:
     """The task function in a worker: imported by ``ref``, else the pickled copy."""
     if ref is not None:
         name, qualname = ref
@@ -212,7 +220,7 @@ def run_trial_payload(sweep: bytes, payload: bytes) -> Outcome:
                 hydra_context, (ref, by_value, filename), singletons = cloudpickle.loads(sweep)
                 Singleton.set_state(singletons)
                 setup_globals()
-                task_function = _resolve_task(ref, by_value, filename)
+                task_function = resolve_task(ref, by_value, filename)
                 _sweep = (sweep, (hydra_context, task_function))
             hydra_context, task_function = _sweep[1]
             config, trial = cloudpickle.loads(payload)

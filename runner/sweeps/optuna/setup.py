@@ -140,8 +140,12 @@ def check_arguments(cfg: dict[Any, Any], *, what: str, built: Collection[str] = 
                 ) from None
 
 
-def sampler(config: DictConfig, space: SearchSpace, n_existing: int) -> Any:
-    """The configured sampler; a resumed study's seed moves on with its trials."""
+def sampler(config: DictConfig, space: SearchSpace, n_existing: int, *, salt: int = 0) -> Any:
+    """The configured sampler; a resumed study's seed moves on with its trials.
+
+    ``salt`` (a launched sweep's worker index + 1) moves the seed further, so that workers
+    started at once do not all propose the same points.
+    """
     from hydra.utils import instantiate
 
     cfg = OmegaConf.to_container(config.hydra.sweeper.sampler, resolve=True)
@@ -151,7 +155,7 @@ def sampler(config: DictConfig, space: SearchSpace, n_existing: int) -> Any:
     if cfg.get("seed") is not None:
         # A resumed study must not replay the points it already tried: the seed moves
         # on with the number of trials the study holds.
-        cfg["seed"] = int(cfg["seed"]) + n_existing
+        cfg["seed"] = int(cfg["seed"]) + n_existing + 1_000_003 * salt
     grid = str(cfg.get("_target_", "")).endswith("GridSampler")
     if grid:
         cfg.pop("search_space", None)

@@ -15,7 +15,10 @@ from runner.locks import file_lock
 from runner.tracking.redact import redact_text
 
 __all__ = [
+    "LOCAL_LAUNCHERS",
     "Heartbeat",
+    "any_dead_local",
+    "check_reachable",
     "counted",
     "fail_stale",
     "heartbeat_on",
@@ -23,6 +26,7 @@ __all__ = [
     "make_storage",
     "open_study",
     "owner",
+    "pid_alive",
     "recover_stale",
     "resolve_storage",
     "study_lock",
@@ -40,13 +44,19 @@ def resolve_storage(url: Any, launch_dir: Path, sweep_dir: Path, n_jobs: int) ->
 
     ``storage: null`` is in-memory as in the official plugin; with ``n_jobs > 1`` the worker
     processes need to reach the trials, so the study then lives in a journal file inside the
-    sweep directory (still a fresh study per run).
+    sweep directory (still a fresh study per run). ``journal:////abs/optuna.log`` (or a path
+    relative to the launch dir, ``journal:///optuna.log``) is an Optuna journal file, the
+    storage Optuna recommends for many processes on one shared file system.
     """
     if url is None:
         if n_jobs > 1:
             return ("journal", str((sweep_dir / ".runner" / "optuna-journal.log").resolve()))
         return None
     url = str(url)
+    if url.startswith("journal:///"):
+        # As SQLite URLs: journal:///optuna.log is relative, journal:////abs/optuna.log not.
+        path = Path(url[len("journal:///") :])
+        return ("journal", str(path if path.is_absolute() else (launch_dir / path).resolve()))
     if url.startswith("sqlite:///") and not url.startswith("sqlite:////"):
         rel = url[len("sqlite:///") :]
         if rel and rel != ":memory:":
@@ -60,6 +70,57 @@ def resolve_storage(url: Any, launch_dir: Path, sweep_dir: Path, n_jobs: int) ->
                 "(hydra.sweeper.storage=null: in-memory)."
             )
     return url
+
+
+#: Launchers whose jobs run on this host: a storage file here is one they can reach.
+LOCAL_LAUNCHERS = frozenset(
+    {
+        "hydra._internal.core_plugins.basic_launcher.BasicLauncher",
+        "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher",
+        "hydra_plugins.hydra_submitit_launcher.submitit_launcher.LocalLauncher",
+    }
+)
+
+
+def check_reachable(raw: Any, spec: Any, launcher: str) -> None:
+    """Refuse a storage that the workers of ``launcher`` cannot share with this process.
+
+    Args:
+        raw: ``hydra.sweeper.storage`` as configured (for the message).
+        spec: The resolved spec (:func:`resolve_storage`).
+        launcher: The launcher's ``_target_``.
+
+    Raises:
+        ConfigError: In-memory (never shared by separate processes), SQLite ``:memory:``,
+            or, with a launcher that runs its jobs on other machines, a relative SQLite
+            path or the sweep directory's journal.
+    """
+    name = launcher.rsplit(".", 1)[-1]
+    use = (
+        "Use a storage every worker reaches: a PostgreSQL URL "
+        "(hydra.sweeper.storage=postgresql+psycopg://user@host/db), or an absolute "
+        "sqlite:////shared/optuna.db or journal:////shared/optuna.log on a file system "
+        "that every node mounts at the same path."
+    )
+    if spec is None or (isinstance(spec, str) and spec in ("sqlite://", "sqlite:///:memory:")):
+        shown = "null" if raw is None else raw
+        raise ConfigError(
+            f"hydra.sweeper.storage={shown} is in-memory: the sweep's workers run as jobs of "
+            f"the {name} launcher (hydra/launcher), each its own process, and would each "
+            f"see a study of their own. {use}"
+        )
+    if launcher in LOCAL_LAUNCHERS:
+        return
+    relative = isinstance(raw, str) and (
+        (raw.startswith("sqlite:///") and not raw.startswith("sqlite:////"))
+        or (raw.startswith("journal:///") and not raw.startswith("journal:////"))
+    )
+    if relative:
+        raise ConfigError(
+            f"hydra.sweeper.storage={raw} is a path relative to the launch directory, and the "
+            f"{name} launcher runs the sweep's workers on other machines, which would not "
+            f"find it. {use}"
+        )
 
 
 def _advisory_key(name: str) -> int:
@@ -175,12 +236,36 @@ def heartbeat_on(storage: Any) -> bool:
     return is_heartbeat_enabled(storage)
 
 
-def fail_stale(study: Any) -> None:
-    """Fail (and re-queue) RUNNING trials whose heartbeat stopped: killed on any machine."""
-    if heartbeat_on(study._storage):
-        from optuna.storages import fail_stale_trials
+def fail_stale(study: Any) -> list[int]:
+    """Fail (and re-queue) RUNNING trials whose heartbeat stopped: killed on any machine.
 
-        fail_stale_trials(study)
+    Optuna's ``fail_stale_trials`` step for step, returning the numbers of the trials this
+    process failed (another process failing one first is Optuna's UpdateFinishedTrialError),
+    so that the caller can end their MLflow runs.
+    """
+    if not heartbeat_on(study._storage):
+        return []
+    import copy
+
+    import optuna
+    from optuna.trial import TrialState
+
+    storage = study._storage
+    failed = []
+    for trial_id in storage._get_stale_trial_ids(study._study_id):
+        try:
+            if storage.set_trial_state_values(trial_id, state=TrialState.FAIL):
+                failed.append(trial_id)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            pass
+    callback = storage.get_heartbeat_stale_trial_callback()
+    numbers = []
+    for trial_id in failed:
+        trial = copy.deepcopy(storage.get_trial(trial_id))
+        if callback is not None:
+            callback(study, trial)
+        numbers.append(trial.number)
+    return numbers
 
 
 def open_study(storage: Any, *, name: str, directions: list[str], sampler: Any, pruner: Any) -> Any:
@@ -210,6 +295,11 @@ def open_study(storage: Any, *, name: str, directions: list[str], sampler: Any, 
             "a new study."
         )
     return study
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` on this host is alive."""
+    return _alive(pid)
 
 
 def _alive(pid: int) -> bool:
@@ -254,6 +344,19 @@ def local_owner_alive(trial: Any) -> bool:
     """Whether ``trial``'s sweep process is a live process on this host."""
     h, _, pid = str(trial.system_attrs.get(contract.OWNER_ATTR, "")).rpartition(":")
     return h == socket.gethostname() and pid.isdigit() and _alive(int(pid))
+
+
+def any_dead_local(study: Any) -> bool:
+    """Whether a RUNNING trial's sweep process was on this host and is gone (a cheap look
+    before :func:`recover_stale` is run under the study's lock)."""
+    from optuna.trial import TrialState
+
+    host = socket.gethostname()
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        h, _, pid = str(trial.system_attrs.get(contract.OWNER_ATTR, "")).rpartition(":")
+        if h == host and pid.isdigit() and not _alive(int(pid)):
+            return True
+    return False
 
 
 def recover_stale(study: Any, storage: Any) -> list[int]:
