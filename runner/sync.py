@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 
 from runner import contract
-from runner.cli import EXIT_FAILED, fail
+from runner.cli import EXIT_FAILED, CommandProgress, fail
 from runner.errors import RunnerError, TrackingError
 from runner.tracking.transfer import SyncResult, sync
 
@@ -55,7 +55,10 @@ def main(argv: list[str] | None = None) -> int:
         from runner.tracking.store import resolve_uri
 
         to = resolve_uri(args.to, Path.cwd()) if args.to else None
-        result = sync(f"sqlite:///{args.buffer.resolve()}", to)
+        # Thousands of buffered runs take minutes: a bar on a terminal, a line per tenth
+        # otherwise (RUNNER_PROGRESS=none: quiet).
+        with CommandProgress("sync") as progress:
+            result = sync(f"sqlite:///{args.buffer.resolve()}", to, progress=progress.update)
     except TrackingError as e:
         # The target failed (it does not answer, or refused a write): the documented 1.
         print(f"error: {e}", file=sys.stderr)

@@ -175,7 +175,7 @@ def test_every_trial_failing_is_an_error(workdir: Path, n_jobs: int) -> None:
     out = proc.stdout + proc.stderr
     assert proc.returncode == 1, out
     assert "all 2 trials failed; the first error was (trial 0): ConfigError" in out, out
-    assert "2 trials: 0 complete, 0 pruned, 2 failed; no trial completed" in out, out
+    assert "s, 2 trials (2 failed)\n  no trial completed" in out, out
     (path,) = workdir.glob("multirun/*/*/optimization_results.yaml")
     results = yaml.safe_load(path.read_text())
     assert results == {

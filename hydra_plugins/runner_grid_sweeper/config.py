@@ -17,6 +17,9 @@ class GridSweeperConf:
     _target_: str = "hydra_plugins.runner_grid_sweeper.grid_sweeper.GridSweeper"
     max_batch_size: Optional[int] = None  # noqa: UP045 - see the module docstring
     params: Optional[dict[str, str]] = None  # noqa: UP045
+    # The summary printed when the sweep (or a single run) ends: `none` keeps it quiet;
+    # auto, rich and log print it (the same values as the Optuna sweeper's progress).
+    progress: str = "auto"
 
 
 ConfigStore.instance().store(

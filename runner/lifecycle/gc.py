@@ -68,15 +68,19 @@ def human_bytes(n: int) -> str:
     return f"{n} B"  # pragma: no cover
 
 
-def _sizes(uris: list[str], tracking_uri: str) -> tuple[int, int]:
+def _sizes(uris: list[str], tracking_uri: str, *, what: str) -> tuple[int, int]:
     """Total bytes and how many locations could not be measured."""
+    from runner.cli import CommandProgress
+
     total, unknown = 0, 0
-    for uri in uris:
-        n = artifact_bytes(uri, tracking_uri=tracking_uri)
-        if n is None:
-            unknown += 1
-        else:
-            total += n
+    with CommandProgress(what, len(uris)) as progress:
+        for uri in uris:
+            n = artifact_bytes(uri, tracking_uri=tracking_uri)
+            if n is None:
+                unknown += 1
+            else:
+                total += n
+            progress.advance()
     return total, unknown
 
 
@@ -86,11 +90,21 @@ def plan_gc(
     """Plan MLflow's gc of what was soft-deleted more than ``older_than_ms`` ago."""
     backend = backend_store_for(tracking_uri, backend_store_uri)
     cutoff = now_ms() - older_than_ms
-    sel = select_gc(backend, older_than_ms=older_than_ms, cutoff_ms=cutoff, older_than=older_than)
+    from runner.cli import CommandProgress
+
+    # Thousands of deleted runs: one read each, then their artifacts measured.
+    with CommandProgress("gc: reading deleted runs") as progress:
+        sel = select_gc(
+            backend,
+            older_than_ms=older_than_ms,
+            cutoff_ms=cutoff,
+            older_than=older_than,
+            progress=progress.update,
+        )
     runs, models = sel.runs, sel.models
     locations = [r.info.artifact_uri for r in runs.values()]
     locations += [m.artifact_location for m in models.values()]
-    before, unknown = _sizes(locations, tracking_uri)
+    before, unknown = _sizes(locations, tracking_uri, what="gc: measuring artifacts")
 
     plan = Plan(
         "gc",
@@ -111,7 +125,7 @@ def plan_gc(
 
     def execute(report: Callable[[str], None]) -> None:
         run_gc(sel, tracking_uri=tracking_uri, older_than_ms=older_than_ms, report=report)
-        after, _ = _sizes(locations, tracking_uri)
+        after, _ = _sizes(locations, tracking_uri, what="gc: measuring what is left")
         report(
             f"reclaimed {human_bytes(max(before - after, 0))} of artifacts "
             f"({before - after} bytes; {human_bytes(after)} left at those locations)"

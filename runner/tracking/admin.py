@@ -58,17 +58,30 @@ def artifact_bytes(uri: str, *, tracking_uri: str | None = None) -> int | None:
 
 
 class _Lines(io.TextIOBase):
-    """A stdout that keeps every non-empty line written to it."""
+    """A stdout that hands each non-empty line written to it to ``on_line`` as it comes,
+    with the real stdout back in place meanwhile (``on_line`` may print)."""
 
-    def __init__(self) -> None:
-        self.lines: list[str] = []
+    def __init__(self, on_line: Callable[[str], None], real: Any) -> None:
+        self.on_line = on_line
+        self.real = real
         self._buf = ""
 
     def write(self, text: str) -> int:
         self._buf += text
         *done, self._buf = self._buf.split("\n")
-        self.lines += [line.strip() for line in done if line.strip()]
+        for line in done:
+            self._send(line)
         return len(text)
+
+    def _send(self, line: str) -> None:
+        if line.strip():
+            with contextlib.redirect_stdout(self.real):
+                self.on_line(line.strip())
+
+    def close_lines(self) -> None:
+        """Send what is left of an unfinished last line."""
+        rest, self._buf = self._buf, ""
+        self._send(rest)
 
 
 @contextlib.contextmanager
@@ -103,10 +116,18 @@ class GcSelection:
     waiting: list[str] = field(default_factory=list)
 
 
-def select_gc(backend: str, *, older_than_ms: int, cutoff_ms: int, older_than: str) -> GcSelection:
+def select_gc(
+    backend: str,
+    *,
+    older_than_ms: int,
+    cutoff_ms: int,
+    older_than: str,
+    progress: Callable[[int, int], None] | None = None,
+) -> GcSelection:
     """The runs, logged models and experiments soft-deleted more than ``older_than_ms`` ago.
 
     Uses the store class ``mlflow gc`` itself builds, so the selection follows its rules.
+    ``progress(done, total)`` follows the one read per run (thousands take a while).
     """
     from mlflow.tracking import _get_store
 
@@ -132,7 +153,10 @@ def select_gc(backend: str, *, older_than_ms: int, cutoff_ms: int, older_than: s
         else:
             selection.experiments.append(e)
             exp_runs.extend(inside)
-    selection.runs = {rid: store.get_run(rid) for rid in run_ids}
+    for i, rid in enumerate(run_ids, start=1):
+        selection.runs[rid] = store.get_run(rid)
+        if progress is not None:
+            progress(i, len(run_ids))
     selection.runs.update({r.info.run_id: r for r in exp_runs})
     selection.models = {mid: store.get_logged_model(mid, allow_deleted=True) for mid in model_ids}
     return selection
@@ -154,8 +178,11 @@ def run_gc(
         )
         from mlflow.cli import _gc_tracking_resources
 
+    import sys
+
     exp_ids = [e.experiment_id for e in selection.experiments]
-    out = _Lines()
+    # Each line as gc prints it (one per run deleted): progress on thousands of runs.
+    out = _Lines(lambda line: report(f"mlflow gc: {line}"), sys.stdout)
     # The body of `mlflow gc` (mlflow/cli/__init__.py, pinned mlflow 3.17), called with
     # the planned ids: the command itself cannot be told to skip deleted experiments,
     # and it re-checks every id (deleted, old enough) before deleting it. Artifacts
@@ -174,5 +201,4 @@ def run_gc(
             )
     finally:
         # What gc did is reported even when it stopped on an error midway.
-        for line in out.lines:
-            report(f"mlflow gc: {line}")
+        out.close_lines()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any, NoReturn
 
@@ -99,6 +100,7 @@ class MLflowCallback(Callback):
         add_secret_keys(self.settings.secret_keys)
         # Hydra sends a job's log lines to a file in its output dir too.
         install_log_redaction()
+        self._started: float | None = None
 
     def _setup(self, config: DictConfig) -> None:
         # Again in each job: a launcher's worker processes get this object pickled, without
@@ -153,9 +155,12 @@ class MLflowCallback(Callback):
     def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
         """Start the job's run: params, configs, provenance."""
         self._setup(config)
+        self._started = time.monotonic()
         state.job, state.job_error = None, None
         redact_hydra_files(config)
-        if not enabled(config):
+        # A worker job of an Optuna sweep run through a launcher (runner.sweeps.optuna.
+        # _launched) is no experiment: only the trials it runs get runs.
+        if not enabled(config) or _is_sweep_worker(config):
             state.job = NullRun()
             return
         try:
@@ -176,9 +181,12 @@ class MLflowCallback(Callback):
             redact_exception(job_return._return_value)  # its message is printed and tagged
         if self.settings.log_return_value and isinstance(state.job, JobRun):
             _log_return_value(state.job, job_return)
+        job = state.job
         # Held from here: the run leaves the process state before it is ended.
         with interrupts.held():
             self._end_job(job_return)
+        if isinstance(job, JobRun) and not str(config.hydra.mode).endswith("MULTIRUN"):
+            _run_summary(config, job, job_return, getattr(self, "_started", None))
 
     @staticmethod
     def _end_job(job_return: JobReturn) -> None:
@@ -192,10 +200,11 @@ class MLflowCallback(Callback):
                 raw = job_return._return_value
                 error = raw if isinstance(raw, BaseException) else RunnerError(str(raw))
             elif job_return.status != JobStatus.COMPLETED:
-                try:
-                    job_return.return_value  # noqa: B018 - re-raises the job's exception
-                except BaseException as e:
-                    error = e
+                # Not through the property either: it writes "Error executing job with
+                # overrides" to stderr, and Hydra reads it again after this callback (its
+                # sweeper, or `run` for a single job), which printed that line twice.
+                raw = job_return._return_value
+                error = raw if isinstance(raw, BaseException) else RunnerError(str(raw))
             status = "FINISHED" if error is None else "FAILED"
             if trial is not None:
                 # The same rule the sweeper tells Optuna: pruned is not a failure, and a
@@ -213,6 +222,50 @@ class MLflowCallback(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         """End the sweep's parent runs (Hydra calls this only when the sweep returns)."""
         close_open_runs("FINISHED")
+
+
+def _is_sweep_worker(config: DictConfig) -> bool:
+    return OmegaConf.select(config, "hydra.sweeper.worker", default=None) is not None
+
+
+def _run_summary(
+    config: DictConfig, job: JobRun, job_return: JobReturn, started: float | None
+) -> None:
+    """A single run's last lines: its id, status, objective and where to see it."""
+    from runner.tracking.summary import emit, format_run, is_quiet
+
+    if is_quiet(config):
+        return
+    try:
+        ok = job_return.status == JobStatus.COMPLETED
+        value = job_return._return_value if ok else None  # not the property: it re-raises
+        metrics = return_value_metrics(value) if ok else None
+        objective = OmegaConf.select(config, "objective", default=None)
+        lines = format_run(
+            run_id=job.run_id,
+            name=_run_name(config),
+            status="FINISHED" if ok else "FAILED",
+            uri=job.store.uri,
+            experiment_id=job.store.experiment_id(experiment_of(config)),
+            wall_s=time.monotonic() - started if started is not None else None,
+            objective=str(objective) if objective else None,
+            value=metrics.get("return_value") if metrics else None,
+        )
+        if job.store.buffered_for:
+            target = public_uri(job.store.buffered_for)
+            lines.append(f"  (buffered: `python -m runner.sync` sends it to {target})")
+        emit(lines)
+    except Exception as e:  # the run is ended; a missing summary is only a missing summary
+        log.warning("could not summarise run %s: %s", job.run_id, e)
+
+
+def _run_name(config: DictConfig) -> str | None:
+    from runner.tracking.runs import job_name, varied_overrides
+
+    choices = OmegaConf.select(config, "hydra.runtime.choices", default=None)
+    if choices is None:
+        return None
+    return job_name(choices, varied_overrides(logged_overrides(config), None))
 
 
 def _abort(config: DictConfig, error: BaseException) -> NoReturn:

@@ -76,6 +76,14 @@ class SweepParents:
         with self._locked() as data:
             data.setdefault("parents", {}).setdefault(uri, {})[experiment_id] = run_id
 
+    def overrides(self) -> list[str] | None:
+        """The sweep's own overrides recorded by :meth:`set_overrides` (None: not recorded)."""
+        if not self.file.exists():
+            return None
+        with self._locked() as data:
+            found = data.get("overrides")
+            return [str(o) for o in found] if isinstance(found, list) else None
+
     def all(self) -> dict[str, dict[str, str]]:
         """``{uri: {experiment_id: parent run id}}`` of every parent made so far."""
         if not self.file.exists():

@@ -38,6 +38,7 @@ __all__ = [
     "enabled",
     "is_runner_app",
     "launch_dir",
+    "quiet_mlflow_noise",
     "redact_on_exit",
     "redact_pending",
     "reset",
@@ -83,6 +84,53 @@ BUFFER_DIR = ".runner_buffer"
 ON_UNAVAILABLE = ("fail", "buffer")
 
 
+#: MLflow's log lines that tell a runner user nothing, by logger: dropped by message, so
+#: every other line of those loggers still shows.
+_NOISE: dict[str, tuple[str, ...]] = {
+    # Every scikit-learn (and torch) model logged: the runner picks cloudpickle on purpose
+    # (MLflow's skops default imports torch, 5 s a job; see JobRun.log_model), and says
+    # once, in docs/summaries.md, that a logged model is a pickle to load from stores you
+    # trust. The warning on each of a sweep's runs said nothing new after the first.
+    "mlflow.sklearn": ("can execute arbitrary code during deserialization",),
+    "mlflow.pytorch": ("can execute arbitrary code during deserialization",),
+    # A new store's schema creation, before anything of the runner's: store_for says it
+    # in one line of its own ("created the MLflow store ...").
+    "mlflow.store.db.utils": ("Creating initial MLflow database tables", "Updating database"),
+    "alembic.runtime.migration": ("Context impl ", "Will assume ", "Running upgrade "),
+}
+
+
+class _DropNoise(logging.Filter):
+    """Drops the records of one logger whose message contains one of ``needles``."""
+
+    def __init__(self, needles: tuple[str, ...]) -> None:
+        super().__init__()
+        self.needles = needles
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except Exception:  # a malformed record is not ours to judge
+            return True
+        return not any(n in message for n in self.needles)
+
+
+def quiet_mlflow_noise() -> None:
+    """Drop MLflow's noisy lines (:data:`_NOISE`) from now on in this process; idempotent."""
+    for name, needles in _NOISE.items():
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _DropNoise) for f in logger.filters):
+            logger.addFilter(_DropNoise(needles))
+
+
+def _new_sqlite(uri: str) -> Path | None:
+    """The SQLite file ``uri`` names when it does not exist yet (its first use)."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    path = Path(uri[len("sqlite:///") :])
+    return path if not path.exists() or path.stat().st_size == 0 else None
+
+
 def store_for(uri: str, config: DictConfig | None = None) -> Store:
     """This process's :class:`Store` for ``uri``, opened (checked, schema made) once.
 
@@ -96,9 +144,13 @@ def store_for(uri: str, config: DictConfig | None = None) -> Store:
     # once per store and process, before the first run is created.
     if uri in _stores:
         return _stores[uri]
+    quiet_mlflow_noise()
     try:
         check_reachable(uri)
+        fresh = _new_sqlite(uri)
         ensure_store(uri)
+        if fresh is not None and fresh.exists():
+            log.info("created the MLflow store %s (a new SQLite file); runs are logged there", uri)
     except TrackingError as e:
         if config is None or on_unavailable(config) != "buffer":
             raise

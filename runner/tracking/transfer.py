@@ -14,6 +14,7 @@ skips it, and a copy left half-done by an interrupted sync is deleted and made a
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -132,8 +133,16 @@ def _replay(src: MlflowClient, dst: MlflowClient, run: Run, *, parent: str | Non
     return str(new)
 
 
-def sync(buffer_uri: str, to: str | None = None) -> SyncResult:
+def sync(
+    buffer_uri: str,
+    to: str | None = None,
+    *,
+    progress: Callable[[int, int], None] | None = None,
+) -> SyncResult:
     """Replay every finished buffered run onto its server (or ``to``).
+
+    ``progress(done, total)`` is called after each buffered run is handled (copied, or
+    found synced, running or skipped).
 
     A run whose ``mlflow.parentRunId`` is garbled or names a run the buffer lacks is copied
     as a top-level run (``SyncResult.unlinked``); a run in a cycle of parent runs, and its
@@ -154,7 +163,9 @@ def sync(buffer_uri: str, to: str | None = None) -> SyncResult:
     clients: dict[str, MlflowClient] = {}
     runs, lineage = _all_runs(src)
     skipped: set[str] = set()
-    for run in runs:
+    for done, run in enumerate(runs):
+        if progress is not None:
+            progress(done, len(runs))
         rid = run.info.run_id
         if contract.SYNCED_TO in run.data.tags:
             copies[rid] = run.data.tags[contract.SYNCED_TO]
@@ -191,4 +202,6 @@ def sync(buffer_uri: str, to: str | None = None) -> SyncResult:
         result.synced.append((rid, new))
         if parent is None and problem is not None:
             result.unlinked.append((rid, f"copied as {new}, with no parent: {problem}"))
+    if progress is not None:
+        progress(len(runs), len(runs))
     return result
