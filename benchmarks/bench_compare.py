@@ -13,6 +13,10 @@ warm-up of each, times alternately:
 
 and prints the medians and their ratio (target: at most 1.3). It also times the command as
 a user runs it (``python -m runner.compare``, a fresh process, imports included).
+
+``--sweeps K`` (K > 1) spreads the runs over K sweep parents (Optuna-like: study name,
+sampler) and also times ``--experiment ... --all-sweeps`` (the table of sweeps, one search
+per sweep) against the experiment-wide command, side by side.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ from pathlib import Path
 EXPERIMENT = "bench-compare"
 
 
-def _build(db: Path, n: int) -> None:
+def _build(db: Path, n: int, sweeps: int = 1) -> None:
     import sqlalchemy as sa
     from mlflow.store.tracking.dbmodels import models as m
     from mlflow.tracking import MlflowClient
@@ -41,8 +45,23 @@ def _build(db: Path, n: int) -> None:
     uri = f"sqlite:///{tmp}"
     client = MlflowClient(uri)
     exp_id = client.create_experiment(EXPERIMENT, artifact_location=(db.parent / "art").as_uri())
-    parent = client.create_run(exp_id, run_name="sweep bench", tags={"runner.kind": "sweep"})
-    client.set_terminated(parent.info.run_id)
+    parents = []
+    for k in range(sweeps):
+        if k == 0:
+            parent = client.create_run(
+                exp_id, run_name="sweep bench", tags={"runner.kind": "sweep"}
+            )
+        else:
+            parent = client.create_run(
+                exp_id,
+                run_name=f"bench-{k}",
+                tags={"runner.kind": "sweep", "runner.sweeper": "optuna"},
+            )
+            client.log_param(parent.info.run_id, "study_name", f"bench-{k}")
+            client.log_param(parent.info.run_id, "sampler", ("tpe", "random")[k % 2])
+            client.log_param(parent.info.run_id, "pruner", "none")
+        client.set_terminated(parent.info.run_id)
+        parents.append(parent)
     rng = random.Random(0)
     now = int(time.time() * 1000) - n * 1000
     runs, params, metrics, tags = [], [], [], []
@@ -95,7 +114,7 @@ def _build(db: Path, n: int) -> None:
         }
         params += [{"key": k, "value": v, "run_uuid": rid} for k, v in p.items()]
         t = {
-            "mlflow.parentRunId": parent.info.run_id,
+            "mlflow.parentRunId": parents[i % sweeps].info.run_id,
             "mlflow.runName": f"logreg-iris-{i}",
             "mlflow.source.name": "runner",
             "runner.backend": "local",
@@ -162,15 +181,17 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=5000)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--db", type=Path, default=None)
+    ap.add_argument("--sweeps", type=int, default=1, help="sweep parents the runs are spread over")
     ap.add_argument(
         "--all-rows", action="store_true", help="also time rendering every run (--limit 0)"
     )
     args = ap.parse_args()
-    db = args.db or Path(f"/tmp/runner-bench-compare-{args.runs}/mlflow.db")
+    shape = f"{args.runs}" + (f"-{args.sweeps}sweeps" if args.sweeps > 1 else "")
+    db = args.db or Path(f"/tmp/runner-bench-compare-{shape}/mlflow.db")
     db.parent.mkdir(parents=True, exist_ok=True)
     if not db.exists():
         t = time.perf_counter()
-        _build(db, args.runs)
+        _build(db, args.runs, max(1, args.sweeps))
         print(f"built {db} with {args.runs} runs in {time.perf_counter() - t:.1f} s")
     uri = f"sqlite:///{db}"
 
@@ -191,7 +212,7 @@ def main() -> int:
 
     def theirs() -> None:
         df = mlflow.search_runs(experiment_ids=[exp_id])
-        assert len(df) == args.runs + 1, len(df)
+        assert len(df) == args.runs + max(1, args.sweeps), len(df)
 
     def ours_all() -> None:
         ours("--limit", "0")
@@ -208,6 +229,12 @@ def main() -> int:
             t_all.append(_time(ours_all))
         rows = sink.getvalue().count("logreg-iris-")
         assert rows == args.runs, rows
+    t_sweeps: list[float] = []
+    if args.sweeps > 1:
+        ours("--all-sweeps")  # warm-up
+        assert f"{args.sweeps} sweeps, by best" in sink.getvalue(), sink.getvalue()[:300]
+        for _ in range(args.repeat):
+            t_sweeps.append(_time(lambda: ours("--all-sweeps")))
     mo, mt = statistics.median(t_ours), statistics.median(t_theirs)
 
     def line(label: str, ts: list[float]) -> str:
@@ -219,6 +246,9 @@ def main() -> int:
     print(line("mlflow.search_runs (DataFrame)", t_theirs))
     print(line("runner.compare (ranked, top 50 rows shown)", t_ours))
     print(f"ratio compare / search_runs: {mo / mt:.2f}  (target <= 1.3)")
+    if t_sweeps:
+        print(line(f"runner.compare --all-sweeps ({args.sweeps} sweeps)", t_sweeps))
+        print(f"ratio --all-sweeps / experiment-wide: {statistics.median(t_sweeps) / mo:.2f}")
     if t_all:
         ma = statistics.median(t_all)
         print(line(f"runner.compare --limit 0 ({args.runs} rows)", t_all))

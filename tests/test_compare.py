@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from runner import compare
-from tests.conftest import ROOT, run_cli
+from tests.conftest import run_cli
 
 FAST = ("tracking.log_model=false", "tracking.log_figures=false", "tracking.log_importances=false")
 # One job fails (C must be positive): the selection holds a FAILED run.
@@ -84,7 +84,7 @@ def test_sweep_table_rows_order_and_columns(store: dict[str, Any], capsys: Any) 
     accs = [float(r[5]) for r in rows[:3]]
     assert accs == sorted(accs, reverse=True) and accs[0] > accs[-1]
     assert rows[-1][5] == "-"
-    assert all(r[1].startswith("logreg-iris-") for r in rows)
+    assert all(r[1].startswith("logreg-iris") for r in rows)
 
 
 def test_experiment_scope_uses_env_uri_and_filter(
@@ -192,7 +192,8 @@ def test_tag_best_and_moving(store: dict[str, Any], capsys: Any, tmp_path: Path)
     [
         (["--experiment", "nope"], r"experiment 'nope' does not exist.*'iris'"),
         (["--sweep", "0" * 32], r"run '0{32}' does not exist"),
-        (["--sweep", "x' or '1"], r"is not a run id"),
+        # Any text is a sweep name (matched in Python, never pasted into a filter).
+        (["--sweep", "x' or '1"], r"no sweep is named \"x' or '1\".*the sweeps of this"),
         (
             ["--experiment", "iris", "--sort", "metrics.f2_score"],
             r"no selected run has the metric 'f2_score'.*val_accuracy",
@@ -226,7 +227,8 @@ def test_empty_selection_and_missing_store(
 
 def test_help_via_cli() -> None:
     proc = run_cli("--help", module="runner.compare")
-    assert "--sweep PARENT_RUN_ID" in proc.stdout and "--tag-best" in proc.stdout
+    assert "--sweep SWEEP" in proc.stdout and "--tag-best" in proc.stdout
+    assert "--all-sweeps" in proc.stdout
 
 
 def _report(store: dict[str, Any], path: Path, *argv: str) -> str:
@@ -261,6 +263,13 @@ def test_html_report_structure(store: dict[str, Any], tmp_path: Path) -> None:
     ids = re.findall(r'<section id="([^"]+)"', page)
     assert ids[:3] == ["ranked", "parallel", "vs-model.C"]
     assert "trials" in ids and "importances" in ids and "curves" not in ids
+    head = page[page.index("<header>") : page.index("</header>")]
+    assert "<b>4</b> runs (1 FAILED, 3 FINISHED)" in head and "metrics.val_accuracy" in head
+    assert 'id="best"' in head and "model.C=1.0" in head
+    # The grid's C (0.01..1.0) spans two decades: a log axis, in the parallel coordinates too.
+    assert '"label":"model.C (log)"' in page
+    # Each heading once: the figures carry no title of their own.
+    assert page.count("<h2>") == len(ids) and '"title":{"text":"val_accuracy vs' not in page
     table = page[page.index('<table class="runs"') : page.index("</table>")]
     assert table.count("<tr") == 5 and table.index("FAILED") > table.index("FINISHED")
     # Importances come from the runs' params and metrics alone (no Optuna study needed).
@@ -271,9 +280,20 @@ def test_html_report_structure(store: dict[str, Any], tmp_path: Path) -> None:
     assert list(imp) == ["model.C"] and imp["model.C"] == pytest.approx(1.0)
     # Experiment-wide: the MLP runs' learning curves (their val_loss history, 4 epochs).
     page = _report(store, tmp_path / "exp.html", "--experiment", "iris", "--top", "3")
-    assert 'id="curves"' in page and "mlp-iris-1 val_loss" in page
+    assert 'id="curves"' in page and re.search(r'"name":"mlp-iris[^"]* val_loss"', page)
+    # The MLP runs have no model.C: on the parallel coordinates' tick "-", not anywhere.
+    dim = re.search(r'\{"label":"model.C \(log\)"[^}]*\}', page)
+    assert dim is not None and '"ticktext":["-",' in dim.group(0)
     table = page[page.index('<table class="runs"') : page.index("</table>")]
     assert table.count("<tr") == 4
+
+
+def keep_artifact(path: Path) -> None:
+    """Keep a test's output for a person to look at: a copy in ``$RUNNER_TEST_ARTIFACTS``."""
+    where = os.environ.get("RUNNER_TEST_ARTIFACTS")
+    if where:
+        Path(where).mkdir(parents=True, exist_ok=True)
+        shutil.copy(path, Path(where) / path.name)
 
 
 def _browser() -> Any:
@@ -321,11 +341,18 @@ def test_html_report_renders_in_chromium(store: dict[str, Any], tmp_path: Path) 
         assert page.locator("#curves .scatterlayer .trace").count() >= 2
         assert page.locator("#importances .barlayer .trace").count() == 1
         assert errors == [] and failed == []
-        out = ROOT / "test-artifacts"
-        out.mkdir(exist_ok=True)
-        page.screenshot(path=str(out / "compare-report.png"), full_page=True)
+        # The header names the best run; trial ticks are integers, as drawn.
+        assert page.locator("#best").is_visible()
+        for figure in ("#trials", "#curves"):
+            ticks = page.locator(f"{figure} .xtick text").all_text_contents()
+            assert ticks and all(t.strip().isdigit() for t in ticks), (figure, ticks)
+            assert len(ticks) == len(set(ticks)), (figure, ticks)
+        shot = tmp_path / "compare-report.png"
+        page.screenshot(path=str(shot), full_page=True)
         info = {"figures": n_figs, "html_bytes": path.stat().st_size}
-        (out / "compare-report.json").write_text(json.dumps(info))
+        (tmp_path / "compare-report.json").write_text(json.dumps(info))
+        keep_artifact(shot)
+        keep_artifact(tmp_path / "compare-report.json")
     finally:
         browser.close()
         pw.stop()

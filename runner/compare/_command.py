@@ -1,9 +1,10 @@
-"""``python -m runner.compare``: compare the runs of an experiment or a sweep.
+"""``python -m runner.compare``: compare the runs of an experiment, a sweep, or sweeps.
 
 One command answers "which configuration won, by how much, and what mattered": a terminal
 table of the selected runs (only the params that vary), a CSV of everything, a self-contained
 HTML report with plots (:mod:`runner.compare.report`), and best-run tagging
-(:mod:`runner.tracking.best`).
+(:mod:`runner.tracking.best`). ``--sweep`` takes ids or names and repeats; with two or more
+sweeps (or ``--all-sweeps``) a table of sweeps comes first (:mod:`runner.compare.sweeps`).
 
 The selection is fetched with MLflow's paged search (``MlflowClient.search_runs`` with page
 tokens): params, metrics and tags of every run come with the pages, never one request per
@@ -25,6 +26,7 @@ from runner.cli import add_tracking_uri, fail
 from runner.compare.ranking import (
     CompareError,
     default_metrics,
+    fmt_param,
     fmt_value,
     iso_time,
     objective_of,
@@ -32,6 +34,15 @@ from runner.compare.ranking import (
     resolve_sort,
     varying_params,
 )
+from runner.compare.sweeps import (
+    SweepSummary,
+    log_params,
+    rank_sweeps,
+    render_sweeps_table,
+    resolve_sweeps,
+    summarise,
+)
+from runner.compare.sweeps import experiment_ids as _experiment_ids
 from runner.errors import RunnerError
 from runner.tracking.reader import PAGE_SIZE
 
@@ -62,22 +73,6 @@ DEFAULT_LIMIT = 50
 
 
 # -- selection ----------------------------------------------------------------------------
-
-
-def _experiment_ids(client: MlflowClient, experiment: str | None) -> list[str]:
-    from runner.tracking.reader import find_experiment, search_experiments
-
-    if experiment is None:
-        return [e.experiment_id for e in search_experiments(client)]
-    exp = find_experiment(client, experiment)
-    if exp is None or exp.lifecycle_stage == "deleted":
-        names = sorted(e.name for e in search_experiments(client))
-        raise CompareError(
-            f"experiment {experiment!r} does not exist in this tracking store; it has: "
-            f"{', '.join(repr(n) for n in names) or 'no experiments'}. Check the name, or "
-            "the store (--tracking-uri)."
-        )
-    return [str(exp.experiment_id)]
 
 
 def select_runs(
@@ -193,8 +188,13 @@ def render_table(
     metrics: Sequence[str],
     title: str,
     file: Any = None,
+    sweep_of: dict[str, str] | None = None,
 ) -> None:
-    """Print the ranked table with rich (the run name, status, varying params, metrics)."""
+    """Print the ranked table with rich (the run name, status, varying params, metrics).
+
+    ``sweep_of`` (run id: sweep name) adds a ``sweep`` column (several sweeps compared).
+    Long float params are rounded (:func:`~runner.compare.ranking.fmt_param`).
+    """
     from rich.console import Console
     from rich.table import Table
 
@@ -205,6 +205,8 @@ def render_table(
     table = Table()
     table.add_column("#", justify="right")
     table.add_column("run")
+    if sweep_of is not None:
+        table.add_column("sweep")
     table.add_column("run_id")
     table.add_column("status")
     for p in params:
@@ -215,17 +217,23 @@ def render_table(
     for i, r in enumerate(runs, 1):
         status = r.info.status
         style = status_style.get(status, "")
+        sweep = [_short(sweep_of.get(r.info.run_id, ""))] if sweep_of is not None else []
         table.add_row(
             str(i),
             r.info.run_name or "",
+            *sweep,
             r.info.run_id[:8],
             f"[{style}]{status}[/]" if style else status,
-            *(r.data.params.get(p, "-") for p in params),
+            *(fmt_param(r.data.params.get(p)) for p in params),
             *(fmt_value(r.data.metrics.get(m)) for m in metrics),
         )
     # The title on its own line: as the table's title it would wrap to the table's width.
     console.print(title, markup=False)
     console.print(table)
+
+
+def _short(text: str, width: int = 40) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"
 
 
 def write_csv(path: Path, runs: Sequence[Run]) -> list[str]:
@@ -275,14 +283,28 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m runner.compare",
         description=(
-            "Compare MLflow runs of an experiment or a sweep: a ranked table of the params "
-            "that vary and the chosen metrics; optionally a CSV, a self-contained HTML report "
+            "Compare MLflow runs of an experiment, a sweep, or sweeps against each other: a "
+            "ranked table of the params that vary and the chosen metrics (and, with two or "
+            "more sweeps, a table of sweeps); optionally a CSV, a self-contained HTML report "
             "and best-run tagging (tags.runner.best = 'true')."
         ),
     )
     scope = p.add_argument_group("selection")
     scope.add_argument("--experiment", metavar="NAME", help="an experiment name (or id)")
-    scope.add_argument("--sweep", metavar="PARENT_RUN_ID", help="a sweep's parent run id")
+    scope.add_argument(
+        "--sweep",
+        action="append",
+        metavar="SWEEP",
+        help=(
+            "a sweep: its parent run id, study name or parent run name; repeat it "
+            "(--sweep A --sweep B) to compare sweeps against each other"
+        ),
+    )
+    scope.add_argument(
+        "--all-sweeps",
+        action="store_true",
+        help="every sweep of --experiment NAME, compared against each other",
+    )
     scope.add_argument(
         "--filter",
         default="",
@@ -322,16 +344,31 @@ def _parser() -> argparse.ArgumentParser:
         help="tag the best run (--top K: runs) runner.best=true; untag the others",
     )
     outs.add_argument("--fail-empty", action="store_true", help="exit 1 when no run is selected")
+    outs.add_argument(
+        "--register-best",
+        metavar="NAME",
+        help="register the best run's logged model as a new version of registered model NAME",
+    )
+    outs.add_argument(
+        "--alias",
+        default="champion",
+        help="the alias --register-best points at the new version (default: champion)",
+    )
     add_tracking_uri(p, "the store holding the runs")
     return p
 
 
-def _describe(args: argparse.Namespace) -> str:
+def _describe(args: argparse.Namespace, sweeps: Sequence[SweepSummary] = ()) -> str:
     parts = []
     if args.experiment:
         parts.append(f"experiment {args.experiment!r}")
-    if args.sweep:
-        parts.append(f"sweep {args.sweep}")
+    if len(sweeps) > 1:
+        every = "every sweep" if args.all_sweeps else "sweeps"
+        parts.append(f"{every} ({', '.join(repr(s.name) for s in sweeps)})")
+    elif args.sweep:
+        parts.append(f"sweep {args.sweep[0]}")
+    elif args.all_sweeps:
+        parts.append("its one sweep")
     if args.filter:
         parts.append(f"filter {args.filter!r}")
     return ", ".join(parts) or "all experiments"
@@ -345,15 +382,37 @@ def _run(args: argparse.Namespace) -> int:
         raise CompareError(f"--top is {args.top}; it must be at least 1.")
     if args.limit < 0:
         raise CompareError(f"--limit is {args.limit}; it must be 0 (all rows) or more.")
+    if args.all_sweeps and args.sweep:
+        raise CompareError(
+            "--all-sweeps takes every sweep of --experiment; --sweep names some: pass one "
+            "of the two."
+        )
     uri = command_uri(args.tracking_uri)
     client = connect(uri)
-    runs = select_runs(
-        client, experiment=args.experiment, sweep=args.sweep, filter_string=args.filter
+    parents = (
+        resolve_sweeps(
+            client, args.sweep or [], experiment=args.experiment, all_sweeps=args.all_sweeps
+        )
+        if args.sweep or args.all_sweeps
+        else []
     )
-    what = _describe(args)
+    by_sweep: dict[str, list[Run]] = {}
+    for parent in parents if len(parents) > 1 else []:
+        by_sweep[parent.info.run_id] = select_runs(
+            client, experiment=args.experiment, sweep=parent.info.run_id, filter_string=args.filter
+        )
+    if by_sweep:
+        runs = [r for rs in by_sweep.values() for r in rs]
+    else:
+        one = parents[0].info.run_id if parents else None
+        runs = select_runs(client, experiment=args.experiment, sweep=one, filter_string=args.filter)
     ascending = True if args.asc else (False if args.desc else None)
     sort = resolve_sort(runs, args.sort, ascending=ascending)
     ordered = order_runs(runs, sort)
+    summaries = rank_sweeps(
+        [summarise(p, by_sweep[p.info.run_id], sort) for p in parents if by_sweep], sort
+    )
+    what = _describe(args, summaries)
     objective, _ = objective_of(runs)
     if args.metrics:
         metrics = [m.strip().removeprefix("metrics.") for m in args.metrics.split(",")]
@@ -365,7 +424,13 @@ def _run(args: argparse.Namespace) -> int:
     shown = kept[: args.limit] if args.limit > 0 else kept
     by = f", by {sort.label} ({sort.direction})" if sort else ""
     title = f"{len(shown)} of {len(runs)} runs, {what}{by}"
-    render_table(shown, params=params, metrics=metrics, title=title)
+    sweep_of: dict[str, str] | None = None
+    if summaries:
+        best_by = f", by best {sort.label} ({sort.direction})" if sort else ""
+        render_sweeps_table(summaries, sort=sort, title=f"{len(summaries)} sweeps{best_by}")
+        print()
+        sweep_of = {r.info.run_id: s.name for s in summaries for r in s.runs}
+    render_table(shown, params=params, metrics=metrics, title=title, sweep_of=sweep_of)
     if len(shown) < len(kept):
         print(
             f"... and {len(kept) - len(shown)} more (--limit 0 shows all; --csv writes all)",
@@ -398,6 +463,8 @@ def _run(args: argparse.Namespace) -> int:
                 r.data.tags[contract.BEST] = "true"
             else:
                 r.data.tags.pop(contract.BEST, None)
+    if args.register_best and runs:
+        _register_best(client, ordered, sort, args)
     if args.html:
         from runner.compare.report import write_html
 
@@ -410,11 +477,30 @@ def _run(args: argparse.Namespace) -> int:
             sort=sort,
             top=args.top,
             title=f"Runs of {what}",
+            sweeps=summaries,
+            log_params=log_params(parents[0]) if len(parents) == 1 else set(),
         )
         print(f"wrote the report to {args.html}", file=sys.stderr)
     if not runs and args.fail_empty:
         return 1
     return 0
+
+
+def _register_best(
+    client: MlflowClient, ordered: Sequence[Run], sort: Any, args: argparse.Namespace
+) -> None:
+    """``--register-best NAME``: the best run's model as a new version; ``--alias`` on it."""
+    from runner.tracking.best import rank
+    from runner.tracking.registry import describe, register_best
+
+    if sort is None or sort.kind != "metrics":
+        raise CompareError(
+            "--register-best needs a metric to rank by: the runs have no objective metric; "
+            "pass --sort metrics.<name>."
+        )
+    best = rank(ordered, metric=sort.key, direction=sort.direction)[0]
+    print(describe(register_best(client, best.info.run_id, args.register_best,
+                                 alias=args.alias)), file=sys.stderr)  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -24,6 +24,8 @@ __all__ = [
     "Sort",
     "default_metrics",
     "finite_float",
+    "fmt_duration",
+    "fmt_param",
     "fmt_value",
     "guess_direction",
     "iso_time",
@@ -199,6 +201,31 @@ def fmt_value(x: float | None) -> str:
     if isinstance(x, float) and (math.isnan(x) or math.isinf(x)):
         return str(x)
     return f"{x:.4g}"
+
+
+def fmt_param(text: str | None) -> str:
+    """A param for humans: long floats (Optuna's ``0.15119336467641012``) to 4 significant
+    digits; anything else (``1.0``, ``-1``, ``lbfgs``, ``1e-05``) exactly as logged, '-' when
+    missing. The CSV and the report's hover keep the full text."""
+    if text is None:
+        return "-"
+    x = finite_float(text)
+    # Only long numbers are rounded: a grid's "1.0" or "0.01" reads as the user typed it.
+    if x is None or len(text) <= 8 or x.is_integer():
+        return text
+    return f"{x:.4g}"
+
+
+def fmt_duration(seconds: float | None) -> str:
+    """``12.3s``, ``4m05s``, ``2h03m``; '-' when unknown."""
+    if seconds is None or not math.isfinite(seconds) or seconds < 0:
+        return "-"
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    s = round(seconds)
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s // 3600}h{s % 3600 // 60:02d}m"
 
 
 def iso_time(ms: int | None) -> str:
