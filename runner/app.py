@@ -164,6 +164,29 @@ def _log_artifacts(cfg: DictConfig, model: Any, data: Dataset, job: tracking.Nul
         job.log_model(model, flavor=flavor, input_example=example)
 
 
+def _data_record(cfg: DictConfig, data: Dataset) -> Any:
+    """What MLflow's dataset inputs record of ``data`` (``mlflow.log_input``)."""
+    from pathlib import Path
+
+    from runner.tracking.inputs import DataPart, DataRecord
+
+    source = data.source or str(OmegaConf.select(cfg, "dataset._target_", default="") or "")
+    is_file = bool(data.source) and Path(data.source).is_absolute() and Path(source).is_file()
+    return DataRecord(
+        name=data.name,
+        digest=data.digest,
+        source=source or "unknown",
+        source_type="local" if is_file else "code",
+        feature_names=data.feature_names,
+        target_name=data.target_name,
+        task=data.task,
+        parts=(
+            DataPart("training", data.X_train, data.y_train),
+            DataPart("validation", data.X_val, data.y_val),
+        ),
+    )
+
+
 def run(cfg: DictConfig) -> float | list[float]:
     """Run one job: fit ``cfg.model`` on ``cfg.dataset``, log, return the objective.
 
@@ -190,6 +213,8 @@ def run(cfg: DictConfig) -> float | list[float]:
             "(runner.data.load_builtin, load_table, make_synthetic, or one of yours)."
         )
     job.set_tags({contract.DATASET_DIGEST: data.digest, contract.TASK: data.task})
+    if job.enabled:
+        job.log_data(_data_record(cfg, data))
     model = _instantiate(cfg.model, "model")
     if not (callable(getattr(model, "fit", None)) and callable(getattr(model, "predict", None))):
         raise ConfigError(

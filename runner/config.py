@@ -46,6 +46,9 @@ class TrackingConfig:
     #: What a job does when its tracking server does not answer: ``fail`` (within seconds,
     #: naming the URI) or ``buffer`` (log to a local store; ``python -m runner.sync`` replays).
     on_unavailable: str = "fail"
+    #: MLflow's system metrics (CPU, memory, disk, network; GPU with nvidia-ml-py) per job.
+    system_metrics: bool = False
+    system_metrics_interval: float = 10.0
 
 
 @dataclass

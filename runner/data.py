@@ -44,6 +44,9 @@ class Dataset:
         feature_names: One name per feature column.
         digest: ``sha256:<hex>`` of the data before the split (or of the file's bytes).
         target_names: Class labels for classification, else empty.
+        source: Where the data came from: the file read, or the loader that made it
+            (``sklearn.datasets.load_iris``); logged as the MLflow dataset's source.
+        target_name: The target column's name.
     """
 
     name: str
@@ -55,6 +58,8 @@ class Dataset:
     feature_names: list[str]
     digest: str
     target_names: list[str] = field(default_factory=list)
+    source: str = ""
+    target_name: str = "target"
 
 
 def _check_task(task: str) -> None:
@@ -94,6 +99,8 @@ def _split(
     test_size: float,
     seed: int,
     target_names: list[str] | None = None,
+    source: str = "",
+    target_name: str = "target",
 ) -> Dataset:
     from sklearn.model_selection import train_test_split
 
@@ -117,6 +124,8 @@ def _split(
         feature_names=feature_names,
         digest=digest,
         target_names=target_names or [],
+        source=source,
+        target_name=target_name,
     )
 
 
@@ -150,6 +159,7 @@ def load_builtin(*, name: str, task: str, test_size: float = 0.25, seed: int = 0
         test_size=test_size,
         seed=seed,
         target_names=list(target_names) if task == "classification" else None,
+        source=f"sklearn.datasets.load_{name}",
     )
 
 
@@ -240,6 +250,8 @@ def make_synthetic(
         test_size=test_size,
         seed=seed,
         target_names=[str(c) for c in range(n_classes)] if task == "classification" else None,
+        source=f"runner.data.make_synthetic(n_samples={n_samples}, n_features={n_features}, "
+        f"seed={seed})",
     )
 
 
@@ -337,4 +349,6 @@ def load_table(
         test_size=test_size,
         seed=seed,
         target_names=target_names,
+        source=str(file.resolve()),
+        target_name=str(target),
     )

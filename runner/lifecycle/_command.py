@@ -87,6 +87,16 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["maximize", "minimize"],
         help="default: the runs' `direction` param",
     )
+    p.add_argument(
+        "--register-best",
+        metavar="NAME",
+        help="also register the best run's logged model as a new version of model NAME",
+    )
+    p.add_argument(
+        "--alias",
+        default="champion",
+        help="the alias --register-best points at the new version (default: champion)",
+    )
 
     p = add("gc", "permanently delete soft-deleted runs (mlflow gc) and report space reclaimed")
     p.add_argument(
@@ -157,14 +167,49 @@ def _plan_tag_best(args: argparse.Namespace, uri: str) -> Plan:
 
     if args.top < 1:
         raise RunnerError(f"--top {args.top}: it must be at least 1.")
-    return plan_tag_best(
-        connect(uri),
+    client = connect(uri)
+    plan = plan_tag_best(
+        client,
         experiment=args.experiment,
         metric=args.metric,
         top=args.top,
         direction=args.direction,
         sweep=args.sweep,
     )
+    if getattr(args, "register_best", None):
+        _plan_registration(plan, client, args.register_best, args.alias)
+    return plan
+
+
+def _plan_registration(plan: Plan, client: Any, name: str, alias: str) -> None:
+    """``tag-best --register-best NAME``: one more step, registering the best run's model."""
+    from runner.tracking.reader import get_run
+    from runner.tracking.registry import (
+        check_names,
+        current_version,
+        describe,
+        find_logged_model,
+        register_best,
+    )
+
+    # plan_tag_best's first note is "best: <id>, <id>...", best first.
+    best = plan.notes[0].removeprefix("best: ").split(",")[0].strip() if plan.notes else ""
+    if not best:
+        raise RunnerError("tag-best found no best run, so --register-best has nothing to register.")
+    check_names(name, alias)
+    current = current_version(client, name, alias)
+    if current is not None and current.run_id == best:
+        plan.notes.append(f"{name}@{alias} already is version {current.version}, from run {best}")
+        return
+    find_logged_model(client, get_run(client, best))  # a run without a model fails here
+    plan.targets.append(f"register run {best}'s model as {name}, alias {alias!r}")
+    tagging = plan.execute
+
+    def execute(report: Any) -> None:
+        tagging(report)
+        report(describe(register_best(client, best, name, alias=alias)))
+
+    plan.execute = execute
 
 
 def _plan(args: argparse.Namespace, uri: str) -> Plan:
@@ -212,11 +257,17 @@ def _carry_out(plan: Plan, *, yes: bool, dry_run: bool) -> int:
         return 1
     done: list[str] = []
 
-    def report(line: str) -> None:
-        done.append(line)
-        print(f"  {line}")
+    from runner.cli import CommandProgress
 
-    plan.execute(report)
+    # Thousands of runs take minutes: a bar on a terminal, a line per tenth otherwise.
+    with CommandProgress(plan.command, len(plan.targets)) as progress:
+
+        def report(line: str) -> None:
+            done.append(line)
+            print(f"  {line}")
+            progress.advance()
+
+        plan.execute(report)
     for line in plan.epilogue:
         print(f"  {line}")
     print(f"{plan.command}: done, {len(done)} action{'' if len(done) == 1 else 's'}.")

@@ -167,15 +167,15 @@ def _check_data(composed: ComposedJob, run: Run, *, allow_changed: bool, overrid
     config pointed at one (``dataset.path: ~/.ssh/id_rsa``) is refused before its content
     can reach the store.
     """
-    from runner.replay.checks import dataset_warnings
+    from runner.replay.checks import dataset_warnings, logged_digest
 
     source = run.info.run_id
-    then = run.data.tags.get(contract.DATASET_DIGEST)
+    then = logged_digest(run)
     now = _dataset_digest(composed, source)
     if then == now:
         return
     if allow_changed:
-        for message in dataset_warnings(run.data.tags, now, overridden=overridden):
+        for message in dataset_warnings(run.data.tags, now, overridden=overridden, then=then):
             _warn(message)
         return
     shown = then or "none recorded"

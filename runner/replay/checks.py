@@ -20,7 +20,9 @@ __all__ = [
     "compare_metrics",
     "dataset_warnings",
     "format_table",
+    "input_digests",
     "is_timing",
+    "logged_digest",
     "provenance_warnings",
     "redacted_keys",
 ]
@@ -78,9 +80,43 @@ def provenance_warnings(tags: Mapping[str, str], now: Provenance) -> list[str]:
     return out
 
 
-def dataset_warnings(tags: Mapping[str, str], digest_now: str, *, overridden: bool) -> list[str]:
-    """A warning when the dataset's content digest differs from the source run's."""
-    then = tags.get(contract.DATASET_DIGEST)
+def input_digests(run: Any) -> dict[str, str]:
+    """``context -> digest``: the runner's data digest as the run's MLflow dataset inputs
+    record it (``mlflow.log_input``, in each input's profile), e.g. ``{"training": ...}``."""
+    import json
+
+    from runner.tracking.inputs import CONTEXT_TAG, PROFILE_DIGEST
+
+    out: dict[str, str] = {}
+    inputs = getattr(getattr(run, "inputs", None), "dataset_inputs", None) or []
+    for item in inputs:
+        context = next((t.value for t in item.tags if t.key == CONTEXT_TAG), "")
+        try:
+            profile = json.loads(item.dataset.profile or "{}")
+        except ValueError:  # a hostile or foreign profile: not ours
+            continue
+        digest = profile.get(PROFILE_DIGEST) if isinstance(profile, dict) else None
+        if isinstance(digest, str) and digest:
+            out[str(context)] = digest
+    return out
+
+
+def logged_digest(run: Any) -> str | None:
+    """The source run's data digest: its ``runner.dataset_digest`` tag, else the digest its
+    MLflow dataset inputs record (a run whose tags were lost or never written)."""
+    tag = run.data.tags.get(contract.DATASET_DIGEST)
+    if tag:
+        return str(tag)
+    digests = input_digests(run)
+    return digests.get("training") or next(iter(digests.values()), None)
+
+
+def dataset_warnings(
+    tags: Mapping[str, str], digest_now: str, *, overridden: bool, then: str | None = None
+) -> list[str]:
+    """A warning when the dataset's content digest differs from the source run's (``then``,
+    by default the ``runner.dataset_digest`` of ``tags``)."""
+    then = then or tags.get(contract.DATASET_DIGEST)
     if not then:
         return ["the source run recorded no dataset digest, so its data cannot be compared."]
     if then == digest_now:

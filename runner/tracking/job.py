@@ -11,14 +11,42 @@ import contextlib
 import logging
 import time
 from collections.abc import Iterator, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from runner import contract, interrupts
 from runner.tracking.store import Store
 
-__all__ = ["JobRun", "NullRun"]
+if TYPE_CHECKING:
+    from runner.tracking.inputs import DataRecord
+
+__all__ = ["JobRun", "NullRun", "system_metrics_interval"]
 
 log = logging.getLogger(__name__)
+
+
+def system_metrics_interval(config: Any) -> float | None:
+    """``tracking.system_metrics_interval`` when ``tracking.system_metrics`` is on, else None.
+
+    Raises:
+        ConfigError: The interval is not a positive number of seconds.
+    """
+    from omegaconf import OmegaConf
+
+    from runner.errors import ConfigError
+
+    if not OmegaConf.select(config, "tracking.system_metrics", default=False):
+        return None
+    value = OmegaConf.select(config, "tracking.system_metrics_interval", default=10.0)
+    try:
+        interval = float(value)
+    except (TypeError, ValueError):
+        interval = float("nan")
+    if not interval > 0:
+        raise ConfigError(
+            f"tracking.system_metrics_interval is {value!r}; it must be a positive number of "
+            "seconds (e.g. tracking.system_metrics_interval=10)."
+        )
+    return interval
 
 
 class NullRun:
@@ -43,6 +71,9 @@ class NullRun:
         """Do nothing."""
 
     def log_model(self, model: Any, *, flavor: str, input_example: Any) -> None:
+        """Do nothing."""
+
+    def log_data(self, record: DataRecord) -> None:
         """Do nothing."""
 
     @contextlib.contextmanager
@@ -77,6 +108,7 @@ class JobRun(NullRun):
         self._tags: dict[str, str] = {}
         self._params: dict[str, str] = {}
         self._model_id: str | None = None
+        self._data: DataRecord | None = None
         self._last_flush = time.monotonic()
 
     def log_metrics(self, metrics: Mapping[str, float], *, step: int | None = None) -> None:
@@ -127,6 +159,22 @@ class JobRun(NullRun):
         figure.savefig(buf, format="png")
         self._files[artifact_file] = buf.getvalue()
 
+    def log_data(self, record: DataRecord) -> None:
+        """Log the job's training and validation data as MLflow dataset inputs.
+
+        Sent when the run ends, in the same round of requests as the files: a job that
+        fails in its fit still records the data it was given.
+        """
+        self._data = record
+
+    def flush_data(self) -> None:
+        """Send the queued dataset inputs now."""
+        if self._data is not None:
+            from runner.tracking.inputs import dataset_inputs
+
+            record, self._data = self._data, None
+            self.store.log_inputs(self.run_id, dataset_inputs(record))
+
     def flush_files(self) -> None:
         """Send every queued file now."""
         if self._files:
@@ -162,23 +210,35 @@ class JobRun(NullRun):
 
     @contextlib.contextmanager
     def autolog(self, flavor: str | None) -> Iterator[None]:
-        """Enable MLflow's sklearn autolog around a fit (other flavors: no-op)."""
-        if flavor != "sklearn":
+        """Enable MLflow's sklearn or xgboost autolog around a fit (other flavors: no-op).
+
+        xgboost's autolog logs the booster's params under their own names, one of them
+        ``objective`` (``multi:softprob``), which the runner's root ``objective`` param
+        (``val_accuracy``) already holds: MLflow params are immutable, so that batch would
+        fail and every autologged param be lost. Its params go under ``xgboost.`` instead
+        (``xgboost.objective``), see :func:`_prefixed_autolog_params`.
+        """
+        if flavor not in ("sklearn", "xgboost"):
             yield
             return
-        import mlflow.sklearn
+        import importlib
 
+        module: Any = importlib.import_module(f"mlflow.{flavor}")
         # Autolog's own writes, made inside the fit, are MLflow's and not fenced: a signal
         # there is a kill of the run's autologged part, like any in the user's code.
         with interrupts.held():
-            mlflow.sklearn.autolog(
+            module.autolog(
                 log_models=False, log_datasets=False, log_input_examples=False, silent=True
             )
         try:
-            yield
+            if flavor == "xgboost":
+                with _prefixed_autolog_params("xgboost."):
+                    yield
+            else:
+                yield
         finally:
             with interrupts.held():
-                mlflow.sklearn.autolog(disable=True)
+                module.autolog(disable=True)
 
     def finish(self, status: str, *, error: BaseException | None = None) -> None:
         """Flush, record the error (if any) and end the run with ``status``.
@@ -191,9 +251,33 @@ class JobRun(NullRun):
                 if error is not None:  # sent with the final batch of metrics and tags
                     self._tags[contract.ERROR] = _describe(error)
                 self.flush()
+                self.flush_data()
                 self.flush_files()
             finally:
                 self.store.end_run(self.run_id, status)
+
+
+@contextlib.contextmanager
+def _prefixed_autolog_params(prefix: str) -> Iterator[None]:
+    """Prefix the keys of the params MLflow's autolog logs, for the block.
+
+    MLflow's xgboost autolog has no switch for its params (``mlflow.xgboost.autolog`` takes
+    no ``log_params``); both its ``xgboost.train`` patch and the scikit-learn estimator
+    patch it reuses enqueue them through ``MlflowAutologgingQueueingClient.log_params``,
+    which this wraps. tests/test_mlflow_features.py fails if an MLflow upgrade moves it.
+    """
+    from mlflow.utils.autologging_utils.client import MlflowAutologgingQueueingClient as Q
+
+    original = Q.log_params
+
+    def log_params(self: Any, run_id: Any, params: Mapping[str, Any]) -> None:
+        original(self, run_id, {f"{prefix}{k}": v for k, v in params.items()})
+
+    Q.log_params = log_params  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        Q.log_params = original  # type: ignore[method-assign]
 
 
 def _describe(error: BaseException) -> str:

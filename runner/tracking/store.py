@@ -400,6 +400,31 @@ class Store:
                     future.result()
 
     @interrupts.fenced
+    def log_inputs(self, run_id: str, datasets: list[Any]) -> None:
+        """Log MLflow ``DatasetInput`` entities (one request); names and sources redacted."""
+        from mlflow.entities import Dataset, DatasetInput
+        from mlflow.exceptions import MlflowException
+
+        if not datasets:
+            return
+        clean = []
+        for item in datasets:
+            d = item.dataset
+            safe = Dataset(
+                name=redact_text(d.name),
+                digest=d.digest,
+                source_type=d.source_type,
+                source=redact_text(d.source),
+                schema=d.schema,
+                profile=d.profile,
+            )
+            clean.append(DatasetInput(safe, list(item.tags)))
+        try:
+            self.client.log_inputs(run_id, datasets=clean)
+        except MlflowException as e:
+            raise self._fail(f"logging the datasets of run {run_id}", e) from e
+
+    @interrupts.fenced
     def end_run(self, run_id: str, status: str) -> None:
         """End a run with ``FINISHED``, ``FAILED`` or ``KILLED`` (and deactivate it)."""
         import mlflow
@@ -411,8 +436,28 @@ class Store:
             self.client.set_terminated(run_id, status=status, end_time=int(time.time() * 1000))
 
     @interrupts.fenced
-    def activate(self, run_id: str) -> None:
-        """Make ``run_id`` the active fluent run: model logging and autolog need one."""
+    def activate(self, run_id: str, *, system_metrics: float | None = None) -> None:
+        """Make ``run_id`` the active fluent run: model logging and autolog need one.
+
+        Args:
+            run_id: The job's run.
+            system_metrics: Sample MLflow's system metrics every this many seconds while
+                the run is active (its monitor thread stops in :meth:`end_run`); None: off.
+        """
         import mlflow
 
-        mlflow.start_run(run_id=run_id)
+        if system_metrics is None:
+            mlflow.start_run(run_id=run_id, log_system_metrics=False)
+            return
+        # MLflow reads the interval from its environment variable when the monitor starts;
+        # set it for this start only, so that it does not leak into the job's subprocesses.
+        var = "MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL"
+        before = os.environ.get(var)
+        os.environ[var] = str(system_metrics)
+        try:
+            mlflow.start_run(run_id=run_id, log_system_metrics=True)
+        finally:
+            if before is None:
+                os.environ.pop(var, None)
+            else:
+                os.environ[var] = before
