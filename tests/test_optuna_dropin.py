@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import inspect
 import os
+import re
 import textwrap
 from pathlib import Path
 from typing import Any
@@ -100,6 +101,7 @@ def test_schemas_take_every_constructor_argument() -> None:
         "CmaEsSampler": {"seed", "inc_popsize"},
         "QMCSampler": {"seed", "scramble"},
         "PercentilePruner": {"percentile"},  # required by Optuna
+        "PatientPruner": {"wrapped_pruner", "patience"},  # required by Optuna
     }
     built = {"GridSampler": {"search_space"}}  # made by the sweep from the space
     for node in [*config.SAMPLERS.values(), *config.PRUNERS.values()]:
@@ -274,3 +276,91 @@ def test_both_plugins_installed_is_said(workdir: Path) -> None:
     assert "1/1 done" in out
     rc, out = _run(script)
     assert "two Optuna sweeper plugins are installed" not in out
+
+
+@pytest.mark.parametrize("name", ["threshold", "patient", "wilcoxon"])
+def test_every_optuna_pruner_is_offered(name: str) -> None:
+    """Threshold, Patient (wrapping a median pruner) and Wilcoxon: chosen by name, tunable."""
+    from hydra.utils import get_class
+
+    from hydra_plugins.runner_optuna_sweeper import config
+    from runner.errors import ConfigError
+    from runner.sweeps.optuna import setup
+    from tests.helpers import compose_cfg
+
+    extra = {
+        "threshold": ["hydra.sweeper.pruner.lower=0.5"],
+        "patient": ["hydra.sweeper.pruner.patience=5", "hydra.sweeper.pruner.min_delta=0.01"],
+        "wilcoxon": ["hydra.sweeper.pruner.p_threshold=0.05"],
+    }[name]
+    cfg = compose_cfg(["hydra/sweeper=optuna", f"hydra/sweeper/pruner={name}", *extra], hydra=True)
+    pruner = setup.pruner(cfg)
+    assert type(pruner) is get_class(config.PRUNERS[name]._target_)
+    if name == "patient":
+        assert pruner._patience == 5 and type(pruner._wrapped_pruner).__name__ == "MedianPruner"
+    bad = compose_cfg(
+        ["hydra/sweeper=optuna", f"hydra/sweeper/pruner={name}", "+hydra.sweeper.pruner.nope=1"],
+        hydra=True,
+    )
+    with pytest.raises(ConfigError, match="nope is not an argument"):
+        setup.pruner(bad)
+
+
+def test_hydra_1_1_search_space_is_read_as_params(workdir: Path) -> None:
+    """Hydra 1.1's deprecated ``search_space`` (the upgrade page's example, unchanged) runs,
+    with a warning that prints the ``params`` it equals; the distributions are the same."""
+    from optuna.distributions import CategoricalDistribution, FloatDistribution
+
+    script = _app(
+        workdir,
+        "random",
+        {
+            "direction": "minimize",
+            "study_name": "legacy",
+            "storage": "sqlite:///optuna.db",
+            "n_trials": 3,
+            "search_space": {
+                "x": {"type": "float", "low": -5.5, "high": 5.5, "step": 0.5},
+                "y": {"type": "categorical", "choices": [-5, 0, 5]},
+            },
+        },
+    )
+    rc, out = _run(script)
+    assert rc == 0, out
+    assert "hydra.sweeper.search_space is Hydra 1.1's (deprecated)" in out
+    assert "x: 'range(-5.5, 5.5, 0.5)'" in out and "y: 'choice(-5, 0, 5)'" in out
+    trials = _study(workdir, "legacy").trials
+    assert len(trials) == 3
+    assert trials[0].distributions == {
+        "x": FloatDistribution(-5.5, 5.5, step=0.5),
+        "y": CategoricalDistribution([-5, 0, 5]),
+    }
+
+
+@pytest.mark.parametrize(
+    ("entry", "message"),
+    [
+        ({"type": "normal", "low": 0, "high": 1}, "is not a distribution"),
+        ({"type": "float", "low": 0}, "needs low and high"),
+        ({"type": "int", "low": 0, "high": 3, "q": 1}, "has key(s) ['q']"),
+        ({"type": "categorical"}, "needs a list of choices"),
+    ],
+)
+def test_bad_search_space_entries_are_named(entry: dict[str, Any], message: str) -> None:
+    from runner.errors import ConfigError
+    from runner.sweeps.optuna.space import legacy_params
+
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        legacy_params({"x": entry})
+    good = legacy_params(
+        {
+            "a": {"type": "int", "low": 1, "high": 8, "log": True},
+            "b": {"type": "int", "low": 0, "high": 10, "step": 2},
+            "c": {"type": "float", "low": 0.001, "high": 1.0, "log": True},
+        }
+    )
+    assert good == {
+        "a": "tag(log, int(interval(1, 8)))",
+        "b": "range(0, 10, 2)",
+        "c": "tag(log, interval(0.001, 1.0))",
+    }

@@ -188,6 +188,37 @@ class SuccessiveHalvingPrunerConf:
     bootstrap_count: int = 0
 
 
+@dataclass
+class ThresholdPrunerConf:
+    """optuna.pruners.ThresholdPruner: prune a trial whose value leaves [lower, upper]."""
+
+    _target_: str = "optuna.pruners.ThresholdPruner"
+    lower: Any = None
+    upper: Any = None
+    n_warmup_steps: int = 0
+    interval_steps: int = 1
+
+
+@dataclass
+class PatientPrunerConf:
+    """optuna.pruners.PatientPruner: the wrapped pruner acts after ``patience`` flat steps."""
+
+    _target_: str = "optuna.pruners.PatientPruner"
+    # Both required by Optuna: a median pruner wrapped, three steps without improvement.
+    wrapped_pruner: Any = field(default_factory=lambda: {"_target_": "optuna.pruners.MedianPruner"})
+    patience: int = 3
+    min_delta: float = 0.0
+
+
+@dataclass
+class WilcoxonPrunerConf:
+    """optuna.pruners.WilcoxonPruner: a paired test against the best trial's steps."""
+
+    _target_: str = "optuna.pruners.WilcoxonPruner"
+    p_threshold: float = 0.1
+    n_startup_steps: int = 2
+
+
 SAMPLERS: dict[str, Any] = {
     "tpe": TPESamplerConf,
     "random": RandomSamplerConf,
@@ -203,6 +234,9 @@ PRUNERS: dict[str, Any] = {
     "percentile": PercentilePrunerConf,
     "hyperband": HyperbandPrunerConf,
     "successive_halving": SuccessiveHalvingPrunerConf,
+    "threshold": ThresholdPrunerConf,
+    "patient": PatientPrunerConf,
+    "wilcoxon": WilcoxonPrunerConf,
 }
 
 
@@ -242,6 +276,10 @@ class OptunaSweeperConf:
     max_failure_rate: float = 0.0
     # The search space: `key: <Hydra sweep override>`; command-line sweeps win.
     params: Any = None
+    # Hydra 1.1's search space (deprecated, still read by the official plugin):
+    # `key: {type: float|int, low, high, step, log}` or `{type: categorical, choices}`;
+    # each entry is read as the params override it equals (params win on a shared key).
+    search_space: Any = None
     # Warm start: parameter sets tried first, before sampling (once per study).
     enqueue: list[Any] = field(default_factory=list)
     # Warm start: try the base config's current values of every swept key first.

@@ -25,7 +25,7 @@ from runner.sweeps.composer import JobComposer
 from runner.sweeps.optuna import setup
 from runner.sweeps.optuna import storage as st
 from runner.sweeps.optuna.progress import Progress
-from runner.sweeps.optuna.space import SearchSpace, format_value, parse_space
+from runner.sweeps.optuna.space import SearchSpace, format_value, legacy_params, parse_space
 from runner.trial import Outcome, TrialHandle, TrialRef
 
 __all__ = ["OptunaSweep", "SweepError", "WorkerTask"]
@@ -194,6 +194,16 @@ class OptunaSweep:
             OmegaConf.to_container(raw) if OmegaConf.is_list(raw) else raw
         )
         params = OmegaConf.to_container(self.sc.params, resolve=False) if self.sc.params else {}
+        legacy = OmegaConf.select(self.sc, "search_space", default=None)
+        if legacy:
+            converted = legacy_params(OmegaConf.to_container(legacy, resolve=True))  # type: ignore[arg-type]
+            if self.worker is None:  # once per sweep, not once per worker
+                log.warning(
+                    "hydra.sweeper.search_space is Hydra 1.1's (deprecated); read as "
+                    "hydra.sweeper.params: %s. Move it there to silence this.",
+                    ", ".join(f"{k}: {v!r}" for k, v in converted.items()),
+                )
+            params = {**converted, **(params or {})}  # type: ignore[dict-item]
         space = parse_space(params, list(arguments))  # type: ignore[arg-type]
         objectives = setup.objectives(self.config, directions)
         setup.validate(self._composer, space)
@@ -208,6 +218,9 @@ class OptunaSweep:
             grace_period=OmegaConf.select(self.sc, "grace_period", default=None),
         )
         name = setup.study_name(self.config, space, directions)
+        # Our own log lines say what Optuna's INFO lines would ("A new study created",
+        # one per trial), in the runner's format.
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
         pruner = setup.pruner(self.config)
         existing = self._existing_trials(storage, name)
         sampler = setup.sampler(self.config, space, existing, salt=salt)
@@ -232,8 +245,6 @@ class OptunaSweep:
         with info.lock():
             setup.warm_start(self.config, study, space)
         self.sweep_dir.mkdir(parents=True, exist_ok=True)
-        # Our own progress line/log lines say what Optuna's per-trial INFO lines would.
-        optuna.logging.set_verbosity(optuna.logging.WARNING)
         return _Opened(study, storage, spec, space, directions, pruner, name, info)
 
     def _reap(self, study: Any, *, startup: bool = False) -> None:

@@ -184,3 +184,58 @@ def parse_space(params: dict[str, str] | None, arguments: list[str]) -> SearchSp
         space.distributions[key] = _distribution(override, text)
         space.raw[key] = text.split("=", 1)[1]
     return space
+
+
+_LEGACY_TYPES = ("int", "float", "categorical")
+
+
+def legacy_params(search_space: dict[str, Any]) -> dict[str, str]:
+    """Hydra 1.1's ``hydra.sweeper.search_space`` as ``hydra.sweeper.params`` overrides.
+
+    The official plugin still reads that deprecated node (Hydra's 1.1-to-1.2 upgrade
+    page): ``{type: float|int, low, high, step, log}`` or ``{type: categorical, choices}``.
+    Each entry becomes the 1.2 override that makes the same Optuna distribution.
+
+    Raises:
+        ConfigError: An entry that is not one of those shapes; the message names it.
+    """
+    out: dict[str, str] = {}
+    for key, spec in search_space.items():
+        where = f"hydra.sweeper.search_space.{key}"
+        kind = spec.get("type") if isinstance(spec, dict) else None
+        if kind not in _LEGACY_TYPES:
+            raise ConfigError(
+                f"{where}={spec!r} is not a distribution: give type: "
+                f"{' | '.join(_LEGACY_TYPES)} with low/high[/step/log] or choices, or move it "
+                f"to hydra.sweeper.params as an override ({GRAMMAR})."
+            )
+        unknown = set(spec) - {"type", "low", "high", "step", "log", "choices"}
+        if unknown:
+            raise ConfigError(
+                f"{where} has key(s) {sorted(unknown)}: the keys of a search_space entry are "
+                "type, low, high, step, log (int, float) and choices (categorical)."
+            )
+        if kind == "categorical":
+            choices = spec.get("choices")
+            if not isinstance(choices, list) or not choices:
+                raise ConfigError(f"{where}: a categorical entry needs a list of choices.")
+            out[str(key)] = f"choice({', '.join(format_value(c) for c in choices)})"
+            continue
+        if spec.get("low") is None or spec.get("high") is None:
+            raise ConfigError(f"{where}: an {kind} entry needs low and high.")
+        low, high, step = spec["low"], spec["high"], spec.get("step")
+        if kind == "int":
+            text = (
+                f"range({int(low)}, {int(high)}, {int(step)})"
+                if step not in (None, 1)
+                else f"int(interval({int(low)}, {int(high)}))"
+            )
+        else:
+            bounds = f"{format_value(float(low))}, {format_value(float(high))}"
+            text = (
+                f"range({bounds}, {format_value(float(step))})"
+                if step is not None
+                else f"interval({bounds})"
+            )
+        out[str(key)] = f"tag(log, {text})" if spec.get("log") else text
+    return out
