@@ -574,3 +574,27 @@ def test_env_values_never_reach_params_through_a_chain(monkeypatch: pytest.Monke
     )
     params = config_params(cfg)
     assert params == {"a": "${oc.env:RUNNER_T_CHAIN}", "b": "${a}", "c": "${b}", "d.e.0": "${c}"}
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "wandb_blob=sBlobAaaa0000 other=1",
+        '{"run": {"wandb_blob": "sBlobAaaa0000"}}',
+        "ValueError: bad value for cfg.wandb_blob: sBlobAaaa0000",
+        "overrides: [+svc.wandb_blob=sBlobAaaa0000]",
+    ],
+)
+def test_secret_keys_of_the_callback_reach_free_text(
+    text: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A ``secret_keys`` pattern (a key with none of the built-in hint words) is masked in
+    free text too: log lines, error tags, JSON, not only in params and config files."""
+    from runner.tracking import _redact_core
+
+    monkeypatch.setattr(_redact_core, "_EXTRA_KEYS", [])  # process-global: undone after
+    assert "sBlobAaaa0000" in redact_text(text)
+    assert not _redact_core.might_hold_secret(text)
+    _redact_core.add_secret_keys(["wandb_blob"])
+    assert "sBlobAaaa0000" not in redact_text(text)
+    assert _redact_core.might_hold_secret(text)

@@ -336,11 +336,17 @@ def _env_default(m: re.Match[str]) -> str:
     return _redact_reference(text, secret=False) if is_reference(text) else text
 
 
+def _hinted(text: str) -> bool:
+    """Whether ``text`` holds a word a secret shape needs, or a key of ``secret_keys``
+    (a key like ``wandb_blob`` holds none of the built-in hint words)."""
+    return bool(_HINT.search(text)) or any(p.search(text) for p in _EXTRA_KEYS)
+
+
 def redact_text(text: str) -> str:
     """Mask every secret shape in free text (see the module docstring)."""
     if isinstance(text, str) and _MASKED:
         text = _mask(text)
-    if not isinstance(text, str) or not _HINT.search(text):
+    if not isinstance(text, str) or not _hinted(text):
         return text
     text = _SHAPES.sub(REDACTED, text)
     text = _URL.sub(_url, text)
@@ -354,13 +360,13 @@ def might_hold_secret(text: str) -> bool:
     """False only when no redaction could change ``text`` (a fast path for files)."""
     if _MASKED and any(value in text for value in _MASKED):
         return True
-    if not _HINT.search(text):
+    if not _hinted(text):
         return False
     if _SHAPES.search(text) or _URL.search(text) or _BEARER.search(text):
         return True
     return any(
         is_secret_key(m.group(0)) for m in re.finditer(r"[A-Za-z0-9_.\-/]+", text)
-        if _HINT.search(m.group(0))
+        if _hinted(m.group(0))
     )  # fmt: skip
 
 
