@@ -1,0 +1,341 @@
+"""Scaling an Optuna sweep out, every side measured in one run; prints trials/s and ratios.
+
+    python benchmarks/bench_scale.py [--trials 30] [--repeat 1] [--ways pool,joblib,submitit_local]
+        [--ray] [--body-trials 100] [--storage-trials 10] [--skip-scaling] [--skip-storage]
+        [--baseline-tree DIR]
+
+A default run takes 3-5 minutes on 2 cores.
+
+1. Trials per second with K workers (K = 1 and 2) through each way of running the sweep
+   ``sweep=logreg_iris`` (TPE on logreg/iris, SQLite study and MLflow store in a fresh
+   directory), K=2 against K=1 of the same way:
+
+   - ``pool``: inline (K=1) and ``hydra.sweeper.n_jobs=K`` (the forkserver's workers);
+   - ``joblib``: ``hydra/launcher=joblib hydra.launcher.n_jobs=K hydra.sweeper.n_workers=K``;
+   - ``submitit_local``: ``hydra/launcher=submitit_local hydra.sweeper.n_workers=K``;
+   - ``ray`` (``--ray``, when ray is importable): ``hydra/launcher=ray
+     hydra.sweeper.n_workers=K``, a local Ray cluster of K CPUs.
+
+   Throughput is shown over the whole command and over the trial window (first trial
+   started to last trial finished, from Optuna's timestamps: the fixed start-up left out).
+   Beside them, this machine's own K-process ceiling: K plain processes each running the
+   trial's body (fit logreg on iris, the four metrics) with no runner. Target: a way's
+   K=2 speed-up (trial window) reaches 0.9 of the ceiling's.
+2. Seconds per trial (the trial window over the trials, inline) with a PostgreSQL study and
+   a tracking server (``python -m runner.server`` on PostgreSQL, started as
+   tests/services.py does) against a SQLite study and a SQLite store, and the two mixes.
+
+``--baseline-tree DIR`` adds the ``pool`` way run with ``PYTHONPATH=DIR`` (a copy of an
+older tree, e.g. before the forkserver), side by side with this tree's in each repeat.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks._common import fresh_store
+
+#: The two sides of every comparison.
+KS = (1, 2)
+
+#: One trial's body without the runner: what ``model=logreg dataset=iris`` fits and scores.
+BODY = textwrap.dedent(
+    """
+    import sys, time
+    from sklearn.datasets import load_iris
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import accuracy_score, f1_score, log_loss, roc_auc_score
+    from sklearn.model_selection import train_test_split
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    n = int(sys.argv[1])
+    X, y = load_iris(return_X_y=True)
+    Xtr, Xva, ytr, yva = train_test_split(X, y, test_size=0.25, random_state=0, stratify=y)
+    start = time.time()
+    for i in range(n):
+        C = 10 ** (-2 + 4 * i / max(n - 1, 1))
+        m = make_pipeline(StandardScaler(), LogisticRegression(C=C, max_iter=1000)).fit(Xtr, ytr)
+        for Xs, ys in ((Xtr, ytr), (Xva, yva)):
+            p, pp = m.predict(Xs), m.predict_proba(Xs)
+            accuracy_score(ys, p), f1_score(ys, p, average="macro"), log_loss(ys, pp)
+            roc_auc_score(ys, pp, multi_class="ovr")
+    print(start, time.time())
+    """
+)
+
+
+@dataclass
+class Run:
+    """One sweep: its wall time and its trial window (seconds)."""
+
+    wall: float
+    window: float
+    trials: int
+
+
+def _way_args(way: str, k: int) -> list[str]:
+    if way == "pool":
+        return [f"hydra.sweeper.n_jobs={k}"]
+    if way == "joblib":
+        return [
+            "hydra/launcher=joblib",
+            f"hydra.launcher.n_jobs={k}",
+            f"hydra.sweeper.n_workers={k}",
+        ]
+    if way == "submitit_local":
+        return [
+            "hydra/launcher=submitit_local",
+            "hydra.launcher.timeout_min=30",
+            f"hydra.sweeper.n_workers={k}",
+        ]
+    if way == "ray":
+        return [
+            "hydra/launcher=ray",
+            f"+hydra.launcher.init.num_cpus={k}",
+            f"hydra.sweeper.n_workers={k}",
+        ]
+    raise SystemExit(f"unknown way {way!r}: pool, joblib, submitit_local, ray")
+
+
+def _window(storage: str, name: str | None = None) -> tuple[float, int]:
+    """(first trial started to last trial finished, trials) of study ``name`` (None: the
+    one study) in ``storage``."""
+    import optuna
+    import sqlalchemy
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    rdb = optuna.storages.RDBStorage(storage, engine_kwargs={"poolclass": sqlalchemy.pool.NullPool})
+    if name is None:
+        (summary,) = optuna.get_all_study_summaries(rdb)
+        name = summary.study_name
+    study = optuna.load_study(study_name=name, storage=rdb)
+    trials = [t for t in study.trials if t.datetime_complete is not None]
+    start = min(t.datetime_start for t in trials if t.datetime_start is not None)
+    end = max(t.datetime_complete for t in trials if t.datetime_complete is not None)
+    return (end - start).total_seconds(), len(trials)
+
+
+def sweep(
+    args: list[str], *, cwd: Path, env: dict[str, str], storage: str, name: str | None = None
+) -> Run:
+    """``python -m runner -m sweep=logreg_iris *args`` in ``cwd``, which must succeed."""
+    cmd = [sys.executable, "-m", "runner", "-m", "sweep=logreg_iris", "hydra.sweeper.progress=none"]
+    cmd += args
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
+    wall = time.perf_counter() - start
+    if proc.returncode != 0:
+        sys.exit(f"command failed: {' '.join(cmd)}\n{proc.stdout[-3000:]}{proc.stderr[-3000:]}")
+    window, n = _window(storage, name)
+    return Run(wall, window, n)
+
+
+def way_run(way: str, k: int, trials: int, *, pythonpath: str | None = None) -> Run:
+    """One sweep of ``trials`` through ``way`` with ``k`` workers, in a fresh directory."""
+    with tempfile.TemporaryDirectory(prefix=f"bench-scale-{way}-") as tmp:
+        env = {**os.environ, "MLFLOW_TRACKING_URI": fresh_store(Path(tmp))}
+        if pythonpath:
+            env["PYTHONPATH"] = os.pathsep.join([pythonpath, env.get("PYTHONPATH", "")])
+        storage = f"sqlite:///{tmp}/optuna.db"
+        return sweep(
+            [f"hydra.sweeper.n_trials={trials}", *_way_args(way, k)],
+            cwd=Path(tmp),
+            env=env,
+            storage=storage,
+        )
+
+
+def ceiling(k: int, n: int) -> float:
+    """Trial bodies per second of ``k`` plain processes running ``n`` bodies each at once."""
+    procs = [
+        subprocess.Popen([sys.executable, "-c", BODY, str(n)], stdout=subprocess.PIPE, text=True)
+        for _ in range(k)
+    ]
+    spans = []
+    for proc in procs:
+        out, _ = proc.communicate(timeout=600)
+        if proc.returncode != 0:
+            sys.exit("the ceiling's trial body failed")
+        spans.append([float(x) for x in out.split()])
+    # Each process times its loop after its imports; the loops overlap on the clock.
+    return k * n / (max(e for _, e in spans) - min(s for s, _ in spans))
+
+
+def _median_ratio(pairs: list[tuple[float, float]]) -> float:
+    return statistics.median(a / b for a, b in pairs)
+
+
+def scaling(args: argparse.Namespace) -> None:
+    ways = [w for w in args.ways.split(",") if w]
+    if args.ray:
+        try:
+            import ray  # noqa: F401
+        except ImportError:
+            print("--ray: ray is not importable here (pip install -e '.[ray]'); skipped")
+        else:
+            ways.append("ray")
+    sides = [(w, None) for w in ways]
+    if args.baseline_tree:
+        sides.insert(0, ("pool", str(Path(args.baseline_tree).resolve())))
+    runs: dict[tuple[str, str | None], dict[int, list[Run]]] = {
+        s: {k: [] for k in KS} for s in sides
+    }
+    ceil: dict[int, list[float]] = {k: [] for k in KS}
+    for r in range(args.repeat):
+        for k in KS:
+            ceil[k].append(ceiling(k, args.body_trials))
+        print(
+            f"  repeat {r + 1}: ceiling "
+            + ", ".join(f"K={k} {ceil[k][-1]:.0f} bodies/s" for k in KS),
+            flush=True,
+        )
+        for side in sides:
+            way, tree = side
+            for k in KS:
+                run = way_run(way, k, args.trials, pythonpath=tree)
+                if run.trials != args.trials:
+                    sys.exit(f"{way} K={k}: {run.trials} trials finished of {args.trials}")
+                runs[side][k].append(run)
+            one, two = runs[side][1][-1], runs[side][2][-1]
+            label = way + (" (baseline tree)" if tree else "")
+            print(
+                f"  repeat {r + 1}: {label}: K=1 {one.wall:.1f}/{one.window:.1f} s, "
+                f"K=2 {two.wall:.1f}/{two.window:.1f} s (wall/trial window)",
+                flush=True,
+            )
+    n = args.trials
+    ceil_ratio = _median_ratio(list(zip(ceil[2], ceil[1], strict=True)))
+    print(
+        f"\n1. trials/s with K workers, {n} trials of sweep=logreg_iris, medians of "
+        f"{args.repeat} repeat(s); on {os.cpu_count()} CPUs"
+    )
+    print(
+        f"   ceiling: K plain processes each running the trial body, no runner: K=1 "
+        f"{statistics.median(ceil[1]):.0f}/s, K=2 {statistics.median(ceil[2]):.0f}/s: "
+        f"K=2/K=1 = {ceil_ratio:.2f}"
+    )
+    print(
+        f"   {'way':<26} {'K=1 wall':>9} {'K=2 wall':>9} {'ratio':>6}   "
+        f"{'K=1 trials':>10} {'K=2 trials':>10} {'ratio':>6}  of ceiling (target 0.9)"
+    )
+    for side in sides:
+        way, tree = side
+        one, two = runs[side][1], runs[side][2]
+        wall = _median_ratio([(a.wall, b.wall) for a, b in zip(one, two, strict=True)])
+        window = _median_ratio([(a.window, b.window) for a, b in zip(one, two, strict=True)])
+        rate = lambda rs, attr: statistics.median(n / getattr(x, attr) for x in rs)  # noqa: E731
+        share = window / ceil_ratio
+        label = way + (" (baseline tree)" if tree else "")
+        print(
+            f"   {label:<26} {rate(one, 'wall'):>7.2f}/s {rate(two, 'wall'):>7.2f}/s "
+            f"{wall:>6.2f}   {rate(one, 'window'):>8.2f}/s {rate(two, 'window'):>8.2f}/s "
+            f"{window:>6.2f}  {share:.2f} {'OK' if share >= 0.9 else 'BELOW 0.9'}"
+        )
+    print(
+        "   (trials/s over the whole command, then over the trial window; ratio: K=2/K=1, "
+        "the median of the paired ratios; of ceiling: the window ratio over the ceiling's)",
+        flush=True,
+    )
+
+
+def storages(args: argparse.Namespace) -> None:
+    import psycopg
+
+    from runner.tracking.store import no_telemetry
+    from tests.services import start_postgres, start_runner_server
+
+    no_telemetry()
+    n = args.storage_trials
+    base = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_TRACKING")}
+    with tempfile.TemporaryDirectory(prefix="bench-scale-pg-") as tmp:
+        home = Path(tmp)
+        pg = start_postgres()
+        server = None
+        try:
+            conninfo = pg.url.replace("postgresql+psycopg://", "postgresql://")
+            with psycopg.connect(conninfo, autocommit=True) as conn:
+                conn.execute("CREATE DATABASE optuna")
+            optuna_url = pg.url.rsplit("/", 1)[0] + "/optuna"
+            server = start_runner_server(
+                "backend=postgres_s3", f"backend.artifact_root={home / 'artifacts'}",
+                cwd=home, env=pg.env,
+            )  # fmt: skip
+            results: dict[str, list[Run]] = {}
+            for r in range(args.repeat):
+                for study in ("SQLite", "PostgreSQL"):
+                    for store in ("SQLite", "server"):
+                        run_dir = home / f"run-{r}-{study}-{store}"
+                        run_dir.mkdir()
+                        env = dict(base)
+                        name = f"bench_{r}_{study}_{store}".lower()
+                        over = [f"hydra.sweeper.n_trials={n}", f"hydra.sweeper.study_name={name}"]
+                        over.append(f"experiment_name={name}")
+                        if study == "PostgreSQL":
+                            storage = optuna_url
+                            over.append(f"hydra.sweeper.storage={storage}")
+                        else:
+                            storage = f"sqlite:///{run_dir / 'optuna.db'}"
+                        if store == "server":
+                            over += ["backend=server", f"backend.uri={server.url}"]
+                        else:
+                            env["MLFLOW_TRACKING_URI"] = fresh_store(run_dir)
+                        run = sweep(over, cwd=run_dir, env=env, storage=storage, name=name)
+                        results.setdefault(f"{study} study, {store} store", []).append(run)
+                        print(
+                            f"  repeat {r + 1}: {study} study, {store} store: {run.wall:.1f} s, "
+                            f"{run.window / run.trials:.3f} s a trial",
+                            flush=True,
+                        )
+            per = {
+                key: statistics.median(x.window / x.trials for x in rs)
+                for key, rs in results.items()
+            }
+            sqlite = per["SQLite study, SQLite store"]
+            print(
+                f"\n2. seconds per trial, inline, {n} trials (medians of {args.repeat} repeat(s))"
+            )
+            for key, value in per.items():
+                print(f"   {key:<36} {value:.3f} s a trial   {value / sqlite:.2f}x SQLite + SQLite")
+        finally:
+            if server is not None:
+                server.stop()
+            pg.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmarks and print the figures (every sample as it comes)."""
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--trials", type=int, default=30, help="trials of each scaling sweep")
+    ap.add_argument("--repeat", type=int, default=1, help="repeats (both sides each time)")
+    ap.add_argument("--ways", default="pool,joblib,submitit_local", help="comma-separated")
+    ap.add_argument("--ray", action="store_true", help="also hydra/launcher=ray")
+    ap.add_argument("--body-trials", type=int, default=100, help="bodies per ceiling process")
+    ap.add_argument("--storage-trials", type=int, default=10, help="trials of each storage run")
+    ap.add_argument("--skip-scaling", action="store_true")
+    ap.add_argument("--skip-storage", action="store_true")
+    ap.add_argument("--baseline-tree", help="also run the pool way from this tree's runner")
+    args = ap.parse_args(argv)
+    print(f"load average before: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs", flush=True)
+    if not args.skip_scaling:
+        scaling(args)
+    if not args.skip_storage:
+        storages(args)
+    print(f"load average after: {os.getloadavg()[0]:.1f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
