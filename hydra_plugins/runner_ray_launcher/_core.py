@@ -6,12 +6,14 @@ dependency at import time).
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import logging
 import os
 import signal
 import socket
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
@@ -30,7 +32,7 @@ from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, open_dict
 
 from runner.errors import ConfigError, RunnerError
-from runner.interrupts import checkpoint
+from runner.interrupts import checkpoint, held
 
 if TYPE_CHECKING:
     from hydra_plugins.runner_ray_launcher.ray_launcher import RayLauncher
@@ -46,6 +48,16 @@ _CANCEL_WAIT_S = 10.0
 #: Ray Client's default port (``ray://host`` without one).
 _RAY_CLIENT_PORT = 10001
 
+#: The threads other than the main one waiting for a batch (the Optuna sweeper's launch).
+_waiting: set[threading.Thread] = set()
+_waiting_lock = threading.Lock()
+_exit_hook = False
+
+
+class _MainThreadEnded(BaseException):
+    """The process is exiting while a thread still waits for its batch: cancel the batch."""
+
+
 _FIX = (
     "start one there (`ray start --head --port=<port>`), correct hydra.launcher.address, "
     "or set hydra.launcher.address=null to start a local cluster in this process"
@@ -57,6 +69,13 @@ class JobLost(RunnerError):
 
 
 def _import_ray() -> Any:
+    if threading.current_thread() is not threading.main_thread():
+        # ray.init installs Ray's failure-signal handlers (SIGTERM included) in this
+        # process, and only the main thread can put the runner's SIGTERM handler back
+        # (connect): off the main thread (the Optuna sweeper's launch) a SIGTERM then went
+        # through Ray's handler and the process ended with SIGABRT (exit status -6), not
+        # 130. Read by ray._private.ray_constants when Ray is first imported.
+        os.environ.setdefault("RAY_DISABLE_FAILURE_SIGNAL_HANDLER", "1")
     try:
         import ray
     except ImportError as e:
@@ -118,6 +137,14 @@ def connect(ray: Any, address: str | None, init: dict[str, Any]) -> None:
         ) from e
     finally:
         _restore(handlers)
+    global _exit_hook
+    if not _exit_hook:
+        # After ray.init, so it runs before Ray's own exit hook (atexit is last in, first
+        # out), which disconnects the driver and so kills its tasks with their runs
+        # RUNNING. It matters where the batch is waited for in a thread of its own (the
+        # Optuna sweeper's workers): the main thread's interrupt never reaches that wait.
+        atexit.register(_join_waiting)
+        _exit_hook = True
     log.info(f"Ray: connected to {getattr(info, 'address_info', {}).get('address', address)}")
 
 
@@ -131,6 +158,38 @@ def _restore(handlers: dict[signal.Signals, Any]) -> None:
     for signum, handler in handlers.items():
         if handler is not None:  # None: not set from Python; nothing to put back
             signal.signal(signum, handler)
+
+
+@contextlib.contextmanager
+def _cancel_reaches_the_job() -> Iterator[None]:
+    """SIGINT unblocked for the job, so that ``ray.cancel``'s interrupt is never lost.
+
+    ``ray.cancel`` interrupts a running task with ``_thread.interrupt_main()``
+    (``kill_main_task`` in ray/_raylet.pyx): the SIGINT handler runs as if the signal had
+    come. Where the job is inside a store call, the runner holds that interrupt back
+    (``runner.interrupts.held`` swaps the handler for the call) and delivers it after the
+    call with ``signal.raise_signal``, a real SIGINT. But Ray starts its processes with
+    SIGINT blocked (``pthread_sigmask`` in the ``preexec_fn`` of
+    ray/_private/services.py's ``start_ray_process``; workers inherit the raylet's mask),
+    so that SIGINT stayed pending for ever: the job ran on and the force-cancel killed
+    it with its run RUNNING. Unblocked for the job, it raises ``KeyboardInterrupt``
+    right after the store call, and :func:`execute_job` ends the run KILLED.
+    """
+    if threading.current_thread() is not threading.main_thread() or not hasattr(
+        signal, "pthread_sigmask"
+    ):
+        yield
+        return
+    # A SIGINT left pending by a cancel that came as an earlier job of this (reused)
+    # worker was ending: not this job's to act on.
+    while signal.SIGINT in signal.sigpending():
+        signal.sigtimedwait([signal.SIGINT], 0)
+    blocked = signal.pthread_sigmask(signal.SIG_UNBLOCK, [signal.SIGINT])
+    try:
+        yield
+    finally:
+        if signal.SIGINT in blocked:
+            signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGINT])
 
 
 def execute_job(
@@ -157,20 +216,24 @@ def execute_job(
             sweep_config.hydra.job.id = f"{sweep_config.hydra.job.name}_{idx}"
             sweep_config.hydra.job.num = idx
         HydraConfig.instance().set_config(sweep_config)
-        return run_job(
-            hydra_context=hydra_context,
-            config=sweep_config,
-            task_function=task_function,
-            job_dir_key="hydra.sweep.dir",
-            job_subdir_key="hydra.sweep.subdir",
-        )
+        with _cancel_reaches_the_job():
+            return run_job(
+                hydra_context=hydra_context,
+                config=sweep_config,
+                task_function=task_function,
+                job_dir_key="hydra.sweep.dir",
+                job_subdir_key="hydra.sweep.subdir",
+            )
     except KeyboardInterrupt:
         # The batch was cancelled (ray.cancel raises this in a running task): Hydra's run_job
         # lets it through without on_job_end, so end the job's run KILLED here, as the
         # Optuna sweeper does for an interrupted trial.
         from runner.tracking.session import close_job_run
 
-        close_job_run("KILLED")
+        # Not cut short by a further interrupt (the clean-up on the way out, as
+        # runner.tracking.session.close_open_runs): the run must end.
+        with held(drop=True):
+            close_job_run("KILLED")
         raise
     finally:
         os.chdir(cwd)
@@ -186,6 +249,40 @@ def _lost(ray: Any, overrides: Sequence[str], error: BaseException) -> JobReturn
     lost = JobLost(f"job {' '.join(overrides)} did not return from Ray: {cause}")
     lost.__cause__ = error
     return JobReturn(overrides=list(overrides), status=JobStatus.FAILED, _return_value=lost)
+
+
+def _cancel(ray: Any, refs: list[Any]) -> None:
+    """Cancel ``refs``: first not forced, then forced for those still running after a wait.
+
+    Not forced, Ray raises ``KeyboardInterrupt`` in a running job (between bytecodes), which
+    then ends its run KILLED (:func:`execute_job`); forced, the worker is killed.
+    """
+    if not refs:
+        return
+    for ref in refs:
+        ray.cancel(ref)
+    _, remaining = ray.wait(refs, num_returns=len(refs), timeout=_CANCEL_WAIT_S)
+    if remaining:
+        log.warning(
+            f"Ray: {len(remaining)} job(s) still running {_CANCEL_WAIT_S:g} s after the "
+            "cancel were force-cancelled (their workers killed); a run they left RUNNING "
+            "is ended by `python -m runner.lifecycle close-stale`"
+        )
+    for ref in remaining:
+        ray.cancel(ref, force=True)
+
+
+def _join_waiting() -> None:
+    """At exit: let the threads still waiting for a batch cancel it and collect it.
+
+    The exit hook of :func:`connect`. Each such thread sees the main thread ended and
+    cancels its batch itself (:func:`launch`): a Ray call from here beside theirs aborted
+    the process (exit status -6), and so would Ray's own exit hook with one of theirs.
+    """
+    with _waiting_lock:
+        waiting = list(_waiting)
+    for thread in waiting:
+        thread.join(timeout=_CANCEL_WAIT_S + 2 * _POLL_S + 5)
 
 
 def launch(
@@ -229,30 +326,40 @@ def launch(
     order = {ref: i for i, ref in enumerate(refs)}
     runs: dict[int, JobReturn] = {}
     remaining = list(refs)
+    this = threading.current_thread()
+    main = threading.main_thread()
+    if this is not main:
+        with _waiting_lock:
+            _waiting.add(this)
     try:
         while remaining:
             # The runner holds SIGINT/SIGTERM until a safe point (runner.interrupts): waiting
             # here is one, so Ctrl-C stops the sweep within a poll, not after the batch.
             checkpoint()
+            if this is not main and not main.is_alive():
+                # Waiting in a thread of its own (the Optuna sweeper's launch), which the
+                # main thread's interrupt never reaches: the process is exiting (Python
+                # marks the main thread ended before the exit hooks run), and Ray's own
+                # exit hook would disconnect the driver, killing the jobs mid-run.
+                raise _MainThreadEnded
             ready, remaining = ray.wait(remaining, num_returns=1, timeout=_POLL_S)
             for ref in ready:
                 overrides = job_overrides[order[ref]]
                 try:
                     runs[order[ref]] = ray.get(ref)
+                except ray.exceptions.TaskCancelledError as e:
+                    # Cancelled (the process exiting): the job ended its run KILLED.
+                    log.info(f"Ray job {' '.join(overrides)} was cancelled")
+                    runs[order[ref]] = _lost(ray, overrides, e)
                 except ray.exceptions.RayError as e:
                     log.error(f"Ray job {' '.join(overrides)} failed in Ray: {e}")
                     runs[order[ref]] = _lost(ray, overrides, e)
     except BaseException:
-        # Interrupted: no job left running on the cluster. First not forced: Ray raises
-        # KeyboardInterrupt in a running job (between bytecodes), which then ends its run
-        # KILLED; then forced (the worker killed) for a job still running after the wait.
-        if remaining:
-            for ref in remaining:
-                ray.cancel(ref)
-            _, remaining = ray.wait(remaining, num_returns=len(remaining), timeout=_CANCEL_WAIT_S)
-            for ref in remaining:
-                ray.cancel(ref, force=True)
+        # Interrupted: no job left running on the cluster.
+        _cancel(ray, remaining)
         raise
     finally:
+        with _waiting_lock:
+            _waiting.discard(this)
         configure_log(launcher.config.hydra.hydra_logging, launcher.config.hydra.verbose)
     return [runs[i] for i in range(len(refs))]

@@ -422,7 +422,16 @@ class Store:
         try:
             self.client.log_inputs(run_id, datasets=clean)
         except MlflowException as e:
-            raise self._fail(f"logging the datasets of run {run_id}", e) from e
+            if "unique constraint" not in str(e).lower():
+                raise self._fail(f"logging the datasets of run {run_id}", e) from e
+            # MLflow's SQL store looks a dataset up, then inserts it: two jobs logging the
+            # same new dataset at once (a sweep's first parallel trials) both insert, and
+            # one fails on the (experiment, name, digest) key. Its transaction was rolled
+            # back; once more, the dataset is found and only linked to the run.
+            try:
+                self.client.log_inputs(run_id, datasets=clean)
+            except MlflowException as again:
+                raise self._fail(f"logging the datasets of run {run_id}", again) from again
 
     @interrupts.fenced
     def end_run(self, run_id: str, status: str) -> None:

@@ -312,3 +312,45 @@ def test_workers_run_as_slurm_jobs_on_one_postgres_study(
     assert len(tasks) == 2, sorted(p.name for p in folder.iterdir())
     for task in tasks:
         assert (folder / task / f"{task}_0_result.pkl").is_file()
+
+
+def test_workers_run_as_ray_tasks_on_one_postgres_study(
+    workdir: Path,
+    ray_cluster: str,
+    postgres: Service,  # noqa: F811  - the fixture imported above
+    sqlite_server: Service,
+) -> None:
+    import psycopg
+
+    conninfo = postgres.url.replace("postgresql+psycopg://", "postgresql://")
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        conn.execute("DROP DATABASE IF EXISTS optuna_ray")
+        conn.execute("CREATE DATABASE optuna_ray")
+    storage = postgres.url.rsplit("/", 1)[0] + "/optuna_ray"
+    # A relative sweep dir: the launcher runs each worker job in the launching directory.
+    proc = run_cli(
+        "-m", "hydra/sweeper=optuna", "hydra/launcher=ray",
+        f"hydra.launcher.address={ray_cluster}", "hydra.sweep.dir=sweep",
+        "hydra.sweeper.n_workers=2", "hydra.sweeper.n_trials=6",
+        f"hydra.sweeper.storage={storage}", "hydra.sweeper.heartbeat_interval=5",
+        "hydra.sweeper.study_name=on-ray", "experiment_name=on-ray",
+        "backend=server", f"backend.uri={sqlite_server.url}", "model=logreg", SPACE, *CHEAP,
+    )  # fmt: skip
+    out = proc.stdout + proc.stderr
+    # The fixture's cluster ran the workers, not a local one started by the launcher.
+    port = ray_cluster.rsplit(":", 1)[1]
+    assert f":{port}" in out and "Ray: connected to" in out, out
+    study = _assert_exact(storage, "on-ray", sqlite_server.url, 6)
+    workers = _workers(study)
+    assert len(workers) == 2, workers  # both worker jobs ran the sweep loop, as Ray tasks
+    # Every trial ran in one of the two worker jobs (Ray worker processes), none in the
+    # launching process.
+    owners = {str(t.system_attrs["runner.owner"]) for t in study.trials}
+    assert owners <= workers, (owners, workers)
+    assert "6/6 done" in out, out
+    (results,) = (workdir / "sweep").glob("optimization_results.yaml")
+    assert "best_value" in results.read_text()
+    assert sorted(p.name for p in (workdir / "sweep" / ".runner" / "workers").iterdir()) == [
+        "worker-0",
+        "worker-1",
+    ]
