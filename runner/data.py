@@ -18,7 +18,7 @@ import numpy as np
 from runner.config import TASKS
 from runner.errors import DataError
 
-__all__ = ["BUILTIN", "Dataset", "load_builtin", "load_table", "make_synthetic"]
+__all__ = ["BUILTIN", "Dataset", "array_digest", "load_builtin", "load_table", "make_synthetic"]
 
 #: The datasets that ship inside scikit-learn, with their task.
 BUILTIN: dict[str, str] = {
@@ -78,7 +78,8 @@ def _check_test_size(test_size: float) -> None:
         )
 
 
-def _array_digest(X: np.ndarray, y: np.ndarray) -> str:
+def array_digest(X: np.ndarray, y: np.ndarray) -> str:
+    """``sha256:<hex>`` of the arrays' dtypes, shapes and bytes (the data's identity)."""
     h = hashlib.sha256()
     for arr in (X, y):
         arr = np.ascontiguousarray(arr)
@@ -183,7 +184,7 @@ def _read_builtin(
         else tuple(f"x{i}" for i in range(X.shape[1]))
     )
     targets = tuple(str(t) for t in getattr(bunch, "target_names", []))
-    return X, y, features, targets, _array_digest(X, y)
+    return X, y, features, targets, array_digest(X, y)
 
 
 def make_synthetic(
@@ -246,7 +247,7 @@ def make_synthetic(
         X=X,
         y=y,
         feature_names=[f"x{i}" for i in range(n_features)],
-        digest=_array_digest(X, y),
+        digest=array_digest(X, y),
         test_size=test_size,
         seed=seed,
         target_names=[str(c) for c in range(n_classes)] if task == "classification" else None,
