@@ -8,6 +8,7 @@ import logging
 import math
 import os
 import signal
+import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -115,6 +116,7 @@ class OptunaSweep:
         self.extend: Callable[..., Any] | None = None  # hydra.sweeper.custom_search_space
         #: The worker's index in a sweep run through a launcher (None: not a worker).
         self.worker: int | None = None
+        self._started: float | None = None  # time.monotonic() when run() began
         self.heartbeat: Any = None
         self._lock: Callable[[], AbstractContextManager[Any]] = contextlib.nullcontext
 
@@ -129,6 +131,7 @@ class OptunaSweep:
             SweepError: The study stopped (failure rate, a bad job return), or every trial
                 of the study failed.
         """
+        self._started = time.monotonic()
         setup_globals()
         from runner.sweeps.optuna._launched import launcher_target
 
@@ -526,8 +529,6 @@ class OptunaSweep:
         run (and re-run the dead one's trial): this waits for their liveness beats to say
         done, or to stop.
         """
-        import time
-
         from runner.sweeps.optuna import _launched
 
         interval = self._alive_interval()
@@ -844,8 +845,6 @@ class OptunaSweep:
         processes on this host (a dead one's trial is re-queued at once): a silent process
         on another machine could be dead, and nothing would ever end the wait.
         """
-        import time
-
         from optuna.trial import TrialState
 
         beat = st.heartbeat_on(study._storage)
@@ -1003,11 +1002,9 @@ class OptunaSweep:
             "running": n[TrialState.RUNNING],
             "waiting": n[TrialState.WAITING],
         }
-        # Wall time of the study's trials, first start to last end (a resumed study's
-        # span includes the pause).
-        starts = [t.datetime_start for t in trials if t.datetime_start]
-        ends = [t.datetime_complete for t in trials if t.datetime_complete]
-        wall = (max(ends) - min(starts)).total_seconds() if starts and ends else None
+        # This run's wall time: a resumed study's first-to-last trial span would count
+        # the pause between the two runs.
+        wall = time.monotonic() - self._started if self._started is not None else None
         summary = SweepSummary(
             title=f"study {study.study_name}",
             counts=counts,
