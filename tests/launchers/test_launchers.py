@@ -8,12 +8,8 @@ sqlite_store``) and tests/test_own_app.py (``test_a_grid_nests_every_job_under_o
 
 from __future__ import annotations
 
-import os
 import re
-import signal
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -118,64 +114,6 @@ def test_a_failing_ray_job_is_reported_failed(
     status = {r.data.params["model.C"]: r.info.status for r in jobs}  # type: ignore[attr-defined]
     assert status == {"1.0": "FINISHED", "-1.0": "FAILED"}
     assert parent.info.status == "FAILED"  # type: ignore[attr-defined]
-
-
-def _training_jobs(uri: str, experiment: str) -> int:
-    """How many of the sweep's job runs are RUNNING and have logged an epoch."""
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(uri)
-    exp = client.get_experiment_by_name(experiment)
-    if exp is None:
-        return 0
-    runs = client.search_runs([exp.experiment_id], "attributes.status = 'RUNNING'")
-    jobs = [r for r in runs if r.data.tags.get("runner.kind") == "job"]
-    return sum(bool(client.get_metric_history(r.info.run_id, "train_loss")) for r in jobs)
-
-
-def _statuses(uri: str, experiment: str) -> tuple[str, list[str]]:
-    parent, jobs = _sweep_runs(uri, experiment)
-    return parent.info.status, sorted(r.info.status for r in jobs)  # type: ignore[attr-defined]
-
-
-def test_an_interrupted_ray_sweep_ends_every_run_killed(
-    workdir: Path, ray_cluster: str, tracking_uri: str
-) -> None:
-    # Jobs that would train for hours: only the cancel can end them, and a job the cancel
-    # does not reach is killed by the force-cancel with its run RUNNING. Every epoch's
-    # metrics go to the store at once (flush_every_s=0): most of a job's time is then in
-    # store calls, where the runner holds an interrupt back and Ray's blocked SIGINT used to
-    # swallow it (hydra_plugins/runner_ray_launcher/_core.py, _cancel_reaches_the_job).
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "runner", "-m", "hydra/launcher=ray",
-         f"hydra.launcher.address={ray_cluster}", "hydra.sweep.dir=sweep",
-         f"backend.uri={tracking_uri}", "experiment_name=ray_stopped",
-         "model=mlp", "model.epochs=1000000", "dataset=synthetic", "dataset.n_samples=400",
-         "tracking.flush_every_s=0", "lr=0.01,0.02", *CHEAP],
-        cwd=workdir, env={**os.environ, "PYTHONUNBUFFERED": "1"}, stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT, text=True, start_new_session=True,
-    )  # fmt: skip
-    try:
-        deadline = time.monotonic() + 240
-        # Both jobs (the cluster's 2 CPUs) are training: their runs are open mid-epoch.
-        while _training_jobs(tracking_uri, "ray_stopped") < 2:
-            assert proc.poll() is None, proc.communicate()[0]
-            assert time.monotonic() < deadline, "the jobs never started training"
-            time.sleep(0.5)
-        proc.send_signal(signal.SIGTERM)
-        out = proc.communicate(timeout=180)[0]
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.communicate()
-    assert proc.returncode == 130, out
-    # The jobs end their runs themselves, as the cancel reaches them; the launcher waits for
-    # that before it exits, so this holds at once (the deadline is for a loaded machine).
-    deadline = time.monotonic() + 60
-    while (status := _statuses(tracking_uri, "ray_stopped")) != ("KILLED", ["KILLED"] * 2):
-        assert time.monotonic() < deadline, (status, out)
-        time.sleep(0.5)
-    assert "force-cancelled" not in out, out  # every job acted on the cancel itself
 
 
 @pytest.mark.parametrize("cause", ["unreachable", "not-installed"])
