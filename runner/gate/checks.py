@@ -109,22 +109,21 @@ class Comparison:
 
 
 def _run(client: Any, run_id: str, what: str) -> Any:
-    from runner.tracking.reader import ReadError, get_run, is_run_id
+    from runner.tracking.reader import is_run_id, require_run
 
     if not is_run_id(run_id):
         raise GateError(
             f"{what} {run_id!r} is not a run id (32 hex digits); pass a run id, `best`, or "
             "ALIAS:MODEL_NAME (e.g. champion:iris-clf)."
         )
-    try:
-        run = get_run(client, run_id)
-    except ReadError:
-        run = None
-    if run is None:
-        raise GateError(
+    return require_run(
+        client,
+        run_id,
+        error=GateError,
+        message=(
             f"{what} {run_id} is not a run in this tracking store; check the id and --tracking-uri."
-        )
-    return run
+        ),
+    )
 
 
 def _best_tagged(client: Any, candidate: Any, rules: Sequence[MetricRule]) -> tuple[Any, str]:

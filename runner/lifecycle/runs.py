@@ -450,21 +450,21 @@ def plan_tag_best(
     Runs of the selection that are no longer best, and unfinished runs that carry the tag,
     lose it. Sweep parent runs are never ranked.
     """
-    from runner.tracking.reader import ReadError, get_run
+    from runner.tracking.reader import require_run
 
     exp = experiment_by_name(client, experiment)
     scope = f"experiment {experiment!r}"
     flt = ""
     if sweep:
-        try:
-            parent = get_run(client, sweep)
-        except ReadError:
-            parent = None
-        if parent is None:
-            raise LifecycleError(
+        parent = require_run(
+            client,
+            sweep,
+            error=LifecycleError,
+            message=(
                 f"--sweep {sweep!r} is not a run in this tracking store; pass the run id of a "
                 "sweep's parent run (tag runner.kind=sweep)."
-            )
+            ),
+        )
         if parent.info.experiment_id != exp.experiment_id:
             raise LifecycleError(
                 f"--sweep {sweep} belongs to experiment id {parent.info.experiment_id}, not to "

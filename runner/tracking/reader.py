@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from runner import contract
-from runner.errors import TrackingError
+from runner.errors import RunnerError, TrackingError
 
 __all__ = [
     "MAX_FETCHED_PARENTS",
@@ -30,6 +30,7 @@ __all__ = [
     "is_store_error",
     "mlflow_message",
     "paged",
+    "require_run",
     "search_experiments",
     "search_runs",
 ]
@@ -137,6 +138,30 @@ def get_run(client: Any, run_id: str) -> Any | None:
         ):
             return None
         raise ReadError(mlflow_message(e)) from e
+
+
+def require_run(client: Any, run_id: str, *, error: type[RunnerError], message: str) -> Any:
+    """The run ``run_id``, or ``error(message)`` when the store cannot give it.
+
+    A store that refuses the id (:class:`ReadError`: a malformed id) counts as no such run,
+    so the user gets the command's own message, which names the id and the fix.
+
+    Args:
+        client: The MLflow client.
+        run_id: The run to read.
+        error: The command's error class.
+        message: What was wrong and the fix, naming ``run_id``.
+
+    Raises:
+        RunnerError: ``error(message)``, when the store has no such run.
+    """
+    try:
+        run = get_run(client, run_id)
+    except ReadError:
+        run = None
+    if run is None:
+        raise error(message)
+    return run
 
 
 def is_store_error(error: BaseException) -> bool:

@@ -188,18 +188,18 @@ def register_best(
     """
     from mlflow.exceptions import MlflowException
 
-    from runner.tracking.reader import ReadError, get_run
+    from runner.tracking.reader import require_run
 
     check_names(name, alias)
-    try:
-        run = get_run(client, run_id)
-    except ReadError:
-        run = None
-    if run is None:
-        raise RegistryError(
+    run = require_run(
+        client,
+        run_id,
+        error=RegistryError,
+        message=(
             f"run {run_id!r} is not in this tracking store; pass the id of a run that "
             "logged a model (e.g. the run tagged runner.best=true)."
-        )
+        ),
+    )
     current = current_version(client, name, alias)
     if current is not None and current.run_id == run_id:
         return Registered(name, str(current.version), alias, run_id, created=False)
