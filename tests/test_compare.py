@@ -7,7 +7,6 @@ import json
 import os
 import re
 import shutil
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +14,7 @@ import pytest
 
 from runner import compare
 from tests.conftest import run_cli
+from tests.helpers import sweeps_into_one_store
 
 FAST = ("tracking.log_model=false", "tracking.log_figures=false", "tracking.log_importances=false")
 # One job fails (C must be positive): the selection holds a FAILED run.
@@ -29,18 +29,10 @@ def store(tmp_path_factory: pytest.TempPathFactory, _template_db: Path) -> dict[
     from mlflow.tracking import MlflowClient
 
     root = tmp_path_factory.mktemp("compare")
-    db = root / "mlflow.db"
-    shutil.copy(_template_db, db)
-    uri = f"sqlite:///{db}"
-    env = {"MLFLOW_TRACKING_URI": uri}
-    # Two sweeps at once into the migrated store (steady-state concurrent writes are fine);
-    # the grid exits non-zero because of its failing job.
-    (root / "g").mkdir()
-    (root / "m").mkdir()
-    with ThreadPoolExecutor(2) as pool:
-        grid = pool.submit(run_cli, *GRID, cwd=root / "g", env=env, check=False)
-        mlp = pool.submit(run_cli, *MLP, cwd=root / "m", env=env, check=False)
-        g, m = grid.result(), mlp.result()
+    # Two sweeps at once into the migrated store; the grid exits non-zero because of its
+    # failing job.
+    uri, db, done = sweeps_into_one_store(root, _template_db, {"g": GRID, "m": MLP}, check=False)
+    g, m = done["g"], done["m"]
     assert g.returncode != 0, g.stdout + g.stderr  # the C=-1 job failed
     assert m.returncode == 0, m.stdout + m.stderr
     client = MlflowClient(uri)
@@ -318,17 +310,23 @@ def _browser() -> Any:
     return pw, browser
 
 
+def watched_page(browser: Any, *, width: int, height: int) -> tuple[Any, list[str], list[str]]:
+    """A new page, and what goes wrong on it: script and console errors, failed requests."""
+    page = browser.new_page(viewport={"width": width, "height": height})
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    failed: list[str] = []
+    page.on("requestfailed", lambda r: failed.append(r.url))
+    return page, errors, failed
+
+
 def test_html_report_renders_in_chromium(store: dict[str, Any], tmp_path: Path) -> None:
     path = tmp_path / "report.html"
     _report(store, path, "--experiment", "iris")
     pw, browser = _browser()
     try:
-        page = browser.new_page(viewport={"width": 1400, "height": 900})
-        errors: list[str] = []
-        page.on("pageerror", lambda e: errors.append(str(e)))
-        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-        failed: list[str] = []
-        page.on("requestfailed", lambda r: failed.append(r.url))
+        page, errors, failed = watched_page(browser, width=1400, height=900)
         page.goto(path.as_uri())
         n_figs = page.locator("div.plotly-graph-div").count()
         assert n_figs >= 6

@@ -8,11 +8,11 @@ parent, known durations) are written with a plain ``MlflowClient`` into experime
 from __future__ import annotations
 
 import csv
+import html
 import json
 import math
 import re
-import shutil
-from concurrent.futures import ThreadPoolExecutor
+from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +20,8 @@ import pytest
 
 from runner import compare
 from runner.compare.ranking import fmt_param, fmt_value
-from tests.conftest import run_cli
-from tests.test_compare import FAST, _browser, _header, _rows, keep_artifact
+from tests.helpers import sweeps_into_one_store
+from tests.test_compare import FAST, _browser, _header, _rows, keep_artifact, watched_page
 
 #: C on a log scale over five decades: the report's parallel coordinates get a log axis.
 SPACE = "model.C=tag(log, interval(0.001, 100.0))"
@@ -34,8 +34,8 @@ STUDIES = {
 T0 = 1_700_000_000_000  # the edge runs' clock (ms)
 
 
-def _optuna(name: str, extra: tuple[str, ...], cwd: Path, env: dict[str, str]) -> Any:
-    return run_cli(
+def _optuna(name: str, extra: tuple[str, ...]) -> tuple[str, ...]:
+    return (
         "-m",
         "hydra/sweeper=optuna",
         "hydra.sweeper.n_trials=6",
@@ -45,8 +45,6 @@ def _optuna(name: str, extra: tuple[str, ...], cwd: Path, env: dict[str, str]) -
         "dataset=iris",
         SPACE,
         *FAST,
-        cwd=cwd,
-        env=env,
     )
 
 
@@ -115,18 +113,9 @@ def store(tmp_path_factory: pytest.TempPathFactory, _template_db: Path) -> dict[
     from mlflow.tracking import MlflowClient
 
     root = tmp_path_factory.mktemp("sweeps")
-    db = root / "mlflow.db"
-    shutil.copy(_template_db, db)
-    uri = f"sqlite:///{db}"
-    env = {"MLFLOW_TRACKING_URI": uri}
     # Each study in its own launch directory (its own optuna.db), both at once.
-    with ThreadPoolExecutor(2) as pool:
-        futures = []
-        for name, extra in STUDIES.items():
-            (root / name).mkdir()
-            futures.append(pool.submit(_optuna, name, extra, root / name, env))
-        for f in futures:
-            f.result()
+    sweeps = {name: _optuna(name, extra) for name, extra in STUDIES.items()}
+    uri, db, _ = sweeps_into_one_store(root, _template_db, sweeps)
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name("iris")
     assert exp is not None
@@ -392,12 +381,7 @@ def test_report_of_sweeps_renders_in_chromium(store: dict[str, Any], tmp_path: P
     _report(store, path, "--experiment", "iris", "--all-sweeps")
     pw, browser = _browser()
     try:
-        page = browser.new_page(viewport={"width": 1300, "height": 1000})
-        errors: list[str] = []
-        page.on("pageerror", lambda e: errors.append(str(e)))
-        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-        failed: list[str] = []
-        page.on("requestfailed", lambda r: failed.append(r.url))
+        page, errors, failed = watched_page(browser, width=1300, height=1000)
         page.goto(path.as_uri())
         n_figs = page.locator("div.plotly-graph-div").count()
         # 2 overlays, and each sweep's parallel coordinates, C plot, trials, importances.
@@ -425,6 +409,224 @@ def test_report_of_sweeps_renders_in_chromium(store: dict[str, Any], tmp_path: P
         for shot in (top, full):
             assert shot.stat().st_size > 10_000
             keep_artifact(shot)
+    finally:
+        browser.close()
+        pw.stop()
+
+
+# -- a stranger's names -------------------------------------------------------------------
+
+#: Names anyone who can log a run may write: a tag with a script handler, a break out of an
+#: attribute into a script, plotly's own markup (a link, bold), and entity text that must
+#: stay text.
+EVIL_IMG = "<img src=x onerror=alert(1)>"
+EVIL_SCRIPT = '"><script>alert(2)</script>'
+EVIL_MARKUP = '<a href="https://example.invalid/">link</a><b>bold</b>'
+EVIL_ENTITY = "&lt;not a tag&gt;"
+#: rich's markup, for the terminal tables: a closing tag that opens nothing, and a link.
+EVIL_RICH = "[/b]x[link=https://example.invalid/]rich[/link]"
+EVIL = (EVIL_IMG, EVIL_SCRIPT, EVIL_MARKUP, EVIL_ENTITY, EVIL_RICH)
+#: Each hostile sweep: its study (and run) name and its sampler.
+EVIL_SWEEPS = {EVIL_IMG: EVIL_MARKUP, EVIL_SCRIPT: EVIL_RICH}
+
+
+@pytest.fixture(scope="module")
+def hostile(tmp_path_factory: pytest.TempPathFactory, _template_db: Path) -> str:
+    """Experiment ``hostile``: two Optuna-like sweeps whose every name is hostile."""
+    import shutil
+
+    from mlflow.entities import Metric, Param
+    from mlflow.tracking import MlflowClient
+
+    db = tmp_path_factory.mktemp("hostile") / "mlflow.db"
+    shutil.copy(_template_db, db)
+    uri = f"sqlite:///{db}"
+    client = MlflowClient(uri)
+    exp = client.create_experiment("hostile")
+    for k, (name, sampler) in enumerate(EVIL_SWEEPS.items()):
+        p = client.create_run(
+            exp,
+            start_time=T0 + k,
+            run_name=name,
+            tags={"runner.kind": "sweep", "runner.sweeper": "optuna"},
+        )
+        params = {"study_name": name, "sampler": sampler, "pruner": EVIL_MARKUP}
+        client.log_batch(p.info.run_id, params=[Param(a, b) for a, b in params.items()])
+        for i, kind in enumerate(EVIL):
+            run = client.create_run(
+                exp,
+                start_time=T0 + 1000 * i,
+                run_name=f"{EVIL[(i + k) % len(EVIL)]} {i}",
+                tags={
+                    "mlflow.parentRunId": p.info.run_id,
+                    "runner.kind": "job",
+                    "runner.trial_number": str(i),
+                    "runner.trial_state": "COMPLETE",
+                },
+            )
+            child = {"objective": "val_accuracy", "direction": "maximize", "kind": kind}
+            child["x"] = str(0.5 + i + k)
+            acc = 0.5 + 0.1 * i + 0.01 * k
+            # Two steps of val_loss: the learning curves' legend names the run too.
+            curve = [Metric("val_loss", 1.0 / (s + 1), T0, s) for s in range(2)]
+            client.log_batch(
+                run.info.run_id,
+                params=[Param(a, b) for a, b in child.items()],
+                metrics=[Metric("val_accuracy", acc, T0, 0), *curve],
+            )
+            client.set_terminated(run.info.run_id, end_time=T0 + 1000 * i + 500)
+        client.set_terminated(p.info.run_id, end_time=T0 + k + 65_000)
+    return uri
+
+
+def _hostile_report(uri: str, path: Path) -> str:
+    argv = ["--tracking-uri", uri, "--experiment", "hostile", "--html", str(path)]
+    for name in EVIL_SWEEPS:
+        argv += ["--sweep", name]  # by study name: any text is a safe name
+    assert compare.main(argv) == 0
+    return path.read_text(encoding="utf-8")
+
+
+def test_terminal_tables_of_hostile_sweeps_print_names_as_text(
+    hostile: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["--tracking-uri", hostile, "--experiment", "hostile"]
+    for name in EVIL_SWEEPS:
+        argv += ["--sweep", name]
+    assert compare.main(argv) == 0
+    out = capsys.readouterr().out
+    for name in EVIL:  # the sweeps table (names, samplers) and the runs table (names, params)
+        assert name in out, name
+    assert "\x1b]8;" not in out  # no terminal hyperlink
+
+
+class _Page(HTMLParser):
+    """A page as a browser's parser reads it: its tags, its text, its scripts."""
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.tags: list[tuple[str, list[tuple[str, str | None]]]] = []
+        self.text: list[str] = []
+        self.scripts: list[str] = []
+        self._in: str | None = None
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.tags.append((tag, attrs))
+        self._in = tag if tag in ("script", "style") else None
+
+    def handle_endtag(self, tag: str) -> None:
+        self._in = None
+
+    def handle_data(self, data: str) -> None:
+        if self._in == "script":
+            self.scripts.append(data)
+        elif self._in is None:
+            self.text.append(data)
+
+
+def _strings(value: Any) -> list[str]:
+    """Every string in a figure's JSON (names, hover data, tick texts, titles)."""
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, dict):
+        return [s for v in value.values() for s in _strings(v)]
+    if isinstance(value, list):
+        return [s for v in value for s in _strings(v)]
+    return []
+
+
+def _plotly(text: str) -> str:
+    """``text`` as the report hands it to plotly.js, which decodes it back for display."""
+    return html.escape(text, quote=False)
+
+
+def test_report_of_hostile_sweeps_shows_their_names_as_text(hostile: str, tmp_path: Path) -> None:
+    page = _hostile_report(hostile, tmp_path / "hostile.html")
+    parsed = _Page()
+    parsed.feed(page)
+    # No name became markup: no image, no handler, no link out, no script of its own.
+    assert [t for t, _ in parsed.tags if t in ("img", "svg", "iframe", "object")] == []
+    handlers = [(t, a) for t, attrs in parsed.tags for a, _ in attrs if a.startswith("on")]
+    assert handlers == []
+    hrefs = [v for t, attrs in parsed.tags if t == "a" for a, v in attrs if a == "href"]
+    assert hrefs and all(v is not None and v.startswith("#sweep-") for v in hrefs), hrefs
+    assert [s for s in parsed.scripts if "alert(" in s and "Plotly.newPlot" not in s] == []
+    # Each name reads as itself: the tables (sweeps, runs, params), the headings, the header.
+    text = "".join(parsed.text)
+    for name in EVIL:
+        assert name in text, name
+    for i, name in enumerate(EVIL_SWEEPS, 1):
+        assert f"Sweep {i}: {name}" in text or f"Sweep {3 - i}: {name}" in text
+    titles = [v for _, attrs in parsed.tags for a, v in attrs if a == "title"]
+    assert titles  # the full values on hover: attributes that held together
+    # The figures: plotly.js reads names as its own markup; each arrives escaped, whole.
+    figs = _figures(page)
+    # But the parallel coordinates, which draw their ticks as plain text (checked below).
+    strings = [s for sid, fs in figs.items() if not sid.endswith("parallel") for f in fs
+               for s in _strings(f)]  # fmt: skip
+    for name in (n for n in EVIL if _plotly(n) != n):
+        assert not [s for s in strings if name in s], name
+    runs = {k: {f"{EVIL[(i + k) % len(EVIL)]} {i}" for i in range(len(EVIL))} for k in (0, 1)}
+    for by in ("trial", "time"):
+        (fig,) = figs[f"overlay-{by}"]
+        legend = {t["name"] for t in fig["data"] if t.get("showlegend") is not False}
+        assert legend == {_plotly(f"{n} ({s})") for n, s in EVIL_SWEEPS.items()}
+        hover = {c[0] for t in fig["data"] for c in t["customdata"]}
+        assert hover == {_plotly(n) for k in (0, 1) for n in runs[k]}
+    escaped = [{_plotly(n) for n in runs[k]} for k in (0, 1)]
+    for i in (1, 2):
+        (trials,) = figs[f"s{i}-trials"]
+        assert {c[0] for c in trials["data"][0]["customdata"]} in escaped
+        (vs,) = figs[f"s{i}-vs-kind"]  # a categorical axis of hostile values
+        assert sorted(vs["data"][0]["x"]) == sorted(_plotly(k) for k in EVIL)
+        assert {c[0] for c in vs["data"][0]["customdata"]} in escaped
+        assert sorted(c[1] for c in vs["data"][0]["customdata"]) == sorted(vs["data"][0]["x"])
+        (par,) = figs[f"s{i}-parallel"]
+        dims = {d["label"]: d for d in par["data"][0]["dimensions"]}
+        assert sorted(dims["kind"]["ticktext"]) == sorted(EVIL)
+        (curves,) = figs[f"s{i}-curves"]
+        names = {t["name"].removesuffix(" val_loss") for t in curves["data"]}
+        assert names in escaped
+
+
+def test_report_of_hostile_sweeps_draws_their_names_in_chromium(
+    hostile: str, tmp_path: Path
+) -> None:
+    path = tmp_path / "hostile.html"
+    _hostile_report(hostile, path)
+    pw, browser = _browser()
+    try:
+        page, errors, failed = watched_page(browser, width=1300, height=1000)
+        dialogs: list[str] = []  # an alert() that ran
+        page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+        page.goto(path.as_uri())
+        n_figs = page.locator("div.plotly-graph-div").count()
+        page.wait_for_function(
+            f"document.querySelectorAll('.js-plotly-plot .main-svg').length >= {n_figs}",
+            timeout=60_000,
+        )
+        assert page.locator("img").count() == 0
+        assert page.locator("svg a").count() == 0  # plotly made no link of a name
+        # The legends and axes as drawn: each name as it is, markup and entities included.
+        legend = set(page.locator("#overlay-trial .legendtext").all_text_contents())
+        assert legend == {f"{n} ({s})" for n, s in EVIL_SWEEPS.items()}
+        ticks = set(page.locator("#s1-vs-kind .xtick text").all_text_contents())
+        assert ticks == set(EVIL), ticks
+        texts = set(page.locator("#s1-parallel .parcoords text").all_text_contents())
+        assert set(EVIL) <= texts, texts
+        curves = page.locator("#s1-curves .legendtext").all_text_contents()
+        assert curves and all(any(c.startswith(n) for n in EVIL) for c in curves), curves
+        # The hover label of a run: its name, drawn as text.
+        page.locator("#s1-vs-kind .scatterlayer .point").first.hover(force=True)
+        label = page.locator("#s1-vs-kind .hoverlayer .hovertext")
+        label.first.wait_for(timeout=30_000)
+        shown = " ".join(label.all_text_contents())
+        assert any(f"{n} " in shown for n in EVIL), shown
+        assert page.locator("#sweeps-table").inner_text().count("<") >= 2
+        assert dialogs == [] and errors == [] and failed == []
+        shot = tmp_path / "compare-hostile.png"
+        page.screenshot(path=str(shot), full_page=True)
+        keep_artifact(shot)
     finally:
         browser.close()
         pw.stop()

@@ -197,6 +197,7 @@ def render_table(
     """
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
     out = file or sys.stdout
     # Not a terminal (a pipe, a file, a test): no width limit, so no value gets cut.
@@ -217,14 +218,16 @@ def render_table(
     for i, r in enumerate(runs, 1):
         status = r.info.status
         style = status_style.get(status, "")
-        sweep = [_short(sweep_of.get(r.info.run_id, ""))] if sweep_of is not None else []
+        sweep = [Text(_short(sweep_of.get(r.info.run_id, "")))] if sweep_of is not None else []
+        # Text, not str: rich reads a str cell as its markup, and a stranger's run name
+        # such as "x[/b]" would stop the command (MarkupError) or "[link=...]" add a link.
         table.add_row(
             str(i),
-            r.info.run_name or "",
+            Text(r.info.run_name or ""),
             *sweep,
-            r.info.run_id[:8],
-            f"[{style}]{status}[/]" if style else status,
-            *(fmt_param(r.data.params.get(p)) for p in params),
+            Text(r.info.run_id[:8]),
+            f"[{style}]{status}[/]" if style else Text(status),
+            *(Text(fmt_param(r.data.params.get(p))) for p in params),
             *(fmt_value(r.data.metrics.get(m)) for m in metrics),
         )
     # The title on its own line: as the table's title it would wrap to the table's width.

@@ -77,6 +77,18 @@ header .counts { margin: 0.3em 0 0.8em; }
 """
 
 
+def _plain(text: str) -> str:
+    """``text`` from the store (a run, sweep or sampler name, a param's value) for plotly.
+
+    plotly.js reads trace names, hover labels and tick texts as its own subset of HTML
+    (``<b>``, ``<br>``, ``<span style=...>``, ``<a href=...>``): a stranger's run name could
+    restyle the legend or put a link in it. Escaped, plotly decodes the entities again and
+    draws the text as it is (it decodes ``&amp;``, ``&lt;``, ``&gt;`` but not ``&quot;``,
+    hence no quote escaping).
+    """
+    return html.escape(text, quote=False)
+
+
 def _numeric(values: Sequence[str | None]) -> bool:
     present = [v for v in values if v is not None]
     return bool(present) and all(finite_float(v) is not None for v in present)
@@ -272,6 +284,7 @@ def _parallel(
                 "label": p,
                 "values": [index[str(v)] for v in values],
                 "tickvals": list(range(len(levels))),
+                # Parcoords draws its ticks as plain text (no markup): not escaped.
                 "ticktext": levels,
             }
         )
@@ -290,8 +303,8 @@ def _hover(name: str, x_label: str, y_label: str) -> str:
     del name
     return (
         "<b>%{customdata[0]}</b><br>"
-        f"{html.escape(x_label)} = %{{customdata[1]}}<br>"
-        f"{html.escape(y_label)} = %{{customdata[2]}}<extra></extra>"
+        f"{_plain(x_label)} = %{{customdata[1]}}<br>"
+        f"{_plain(y_label)} = %{{customdata[2]}}<extra></extra>"
     )
 
 
@@ -301,11 +314,11 @@ def _versus(runs: Sequence[Run], param: str, objective: str, log_params: Collect
     scored = [r for r in _scored(runs, objective) if param in r.data.params]
     raw = [r.data.params[param] for r in scored]
     ys = [float(r.data.metrics[objective]) for r in scored]
-    names = [r.info.run_name or r.info.run_id[:8] for r in scored]
+    names = [_plain(r.info.run_name or r.info.run_id[:8]) for r in scored]
     numeric = _numeric(raw)
-    xs: list[Any] = [float(v) for v in raw] if numeric else raw
+    xs: list[Any] = [float(v) for v in raw] if numeric else [_plain(v) for v in raw]
     # Full precision on hover; the axes and tables round.
-    custom = [[n, x, repr(y)] for n, x, y in zip(names, raw, ys, strict=True)]
+    custom = [[n, _plain(x), repr(y)] for n, x, y in zip(names, raw, ys, strict=True)]
     fig = go.Figure(
         go.Scatter(
             x=xs,
@@ -359,7 +372,7 @@ def _over_trials(runs: Sequence[Run], objective: str, direction: str) -> Any:
     best = _best_so_far(ys, direction)
     xs = [x for x, _ in pairs]
     custom = [
-        [r.info.run_name or r.info.run_id[:8], x, repr(y)]
+        [_plain(r.info.run_name or r.info.run_id[:8]), x, repr(y)]
         for (x, r), y in zip(pairs, ys, strict=True)
     ]
     fig = go.Figure()
@@ -412,8 +425,8 @@ def _overlay(
         xs = [x for x, _ in pairs]
         ys = [float(r.data.metrics[objective]) for _, r in pairs]
         best = _best_so_far(ys, direction)
-        label = f"{s.name} ({s.sampler})"
-        names = [r.info.run_name or r.info.run_id[:8] for _, r in pairs]
+        label = _plain(f"{s.name} ({s.sampler})")
+        names = [_plain(r.info.run_name or r.info.run_id[:8]) for _, r in pairs]
         x_text = [str(x) if by == "trial" else f"{x:.1f}s" for x in xs]
         fig.add_scatter(
             x=xs,
@@ -495,7 +508,7 @@ def _curves(client: Any, runs: Sequence[Run]) -> tuple[Any, int] | None:
     with_curves = [r for r in runs if _curve_keys(r)][:CURVE_RUNS]
     for r in with_curves:
         keys = _curve_keys(r)
-        name = r.info.run_name or r.info.run_id[:8]
+        name = _plain(r.info.run_name or r.info.run_id[:8])
         for key in keys:
             history = sorted(client.get_metric_history(r.info.run_id, key), key=lambda m: m.step)
             if len(history) < 2:

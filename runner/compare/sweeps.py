@@ -322,6 +322,7 @@ def render_sweeps_table(
     """Print the table of sweeps with rich: one row a sweep, the best first."""
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
     out = file or sys.stdout
     tty = hasattr(out, "isatty") and out.isatty()
@@ -339,15 +340,12 @@ def render_sweeps_table(
     table.add_column("best params", overflow="fold")
     table.add_column("duration", justify="right")
     for i, s in enumerate(summaries, 1):
+        # Text, not str: rich would read a stranger's sweep name as its markup.
         table.add_row(
             str(i),
-            s.name,
-            s.run_id[:8],
-            s.sampler,
-            s.pruner,
-            s.trials,
+            *(Text(t) for t in (s.name, s.run_id[:8], s.sampler, s.pruner, s.trials)),
             fmt_value(s.best_value),
-            s.params_text,
+            Text(s.params_text),
             s.duration,
         )
     console.print(title, markup=False)
