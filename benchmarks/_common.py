@@ -14,12 +14,17 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def timed_subprocess(args: list[str], *, cwd: Path, env: dict[str, str] | None = None) -> float:
-    """Wall time of one subprocess, which must succeed."""
+def timed_subprocess(
+    args: list[str], *, cwd: Path, env: dict[str, str] | None = None, inherit: bool = True
+) -> float:
+    """Wall time of one subprocess, which must succeed.
+
+    ``env`` is added to this process's environment; with ``inherit=False`` it is the whole
+    environment (a side that must not see this process's ``MLFLOW_*`` variables).
+    """
     start = time.perf_counter()
-    proc = subprocess.run(
-        args, cwd=cwd, env={**os.environ, **(env or {})}, capture_output=True, text=True
-    )
+    full = {**os.environ, **(env or {})} if inherit else dict(env or {})
+    proc = subprocess.run(args, cwd=cwd, env=full, capture_output=True, text=True)
     elapsed = time.perf_counter() - start
     if proc.returncode != 0:
         raise SystemExit(f"benchmark command failed: {args}\n{proc.stdout}\n{proc.stderr}")

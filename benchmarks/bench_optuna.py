@@ -27,6 +27,9 @@ import textwrap
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import fresh_store, timed_subprocess
+
 PLAIN = textwrap.dedent(
     """
     import json, sys, time
@@ -108,31 +111,14 @@ PLAIN = textwrap.dedent(
 )
 
 
-def _run(cmd: list[str], cwd: Path, env: dict[str, str]) -> float:
-    start = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
-    wall = time.perf_counter() - start
-    if proc.returncode != 0:
-        sys.exit(f"command failed: {' '.join(cmd)}\n{proc.stdout[-3000:]}{proc.stderr[-3000:]}")
-    return wall
-
-
-def _fresh_store(root: Path) -> str:
-    from mlflow.tracking import MlflowClient
-
-    uri = f"sqlite:///{root / 'mlflow.db'}"
-    MlflowClient(uri).search_experiments()  # migrate outside the timed part
-    return uri
-
-
 def overhead(trials: int) -> tuple[float, float]:
     """Seconds for the tracked sweep and for the plain script."""
     with tempfile.TemporaryDirectory() as tmp:
         tracked, plain = Path(tmp, "tracked"), Path(tmp, "plain")
         tracked.mkdir()
         plain.mkdir()
-        env = {**os.environ, "MLFLOW_TRACKING_URI": _fresh_store(tracked)}
-        t_tracked = _run(
+        env = {"MLFLOW_TRACKING_URI": fresh_store(tracked)}
+        t_tracked = timed_subprocess(
             [
                 sys.executable,
                 "-m",
@@ -142,15 +128,15 @@ def overhead(trials: int) -> tuple[float, float]:
                 f"hydra.sweeper.n_trials={trials}",
                 "hydra.sweeper.progress=none",
             ],
-            tracked,
-            env,
+            cwd=tracked,
+            env=env,
         )
         (plain / "plain.py").write_text(PLAIN)
-        uri = _fresh_store(plain)
-        t_plain = _run(
+        uri = fresh_store(plain)
+        t_plain = timed_subprocess(
             [sys.executable, "plain.py", str(trials), uri, f"sqlite:///{plain / 'optuna.db'}"],
-            plain,
-            {**os.environ, "MLFLOW_TRACKING_URI": uri},
+            cwd=plain,
+            env={"MLFLOW_TRACKING_URI": uri},
         )
     return t_tracked, t_plain
 
@@ -160,7 +146,7 @@ def parallel(trials: int, n_jobs: int) -> tuple[float, float]:
     import optuna
 
     with tempfile.TemporaryDirectory() as tmp:
-        wall = _run(
+        wall = timed_subprocess(
             [
                 sys.executable,
                 "-m",
@@ -178,8 +164,7 @@ def parallel(trials: int, n_jobs: int) -> tuple[float, float]:
                 "model.n_estimators=int(interval(50, 400))",
                 "model.max_depth=range(8, 20)",
             ],
-            Path(tmp),
-            dict(os.environ),
+            cwd=Path(tmp),
         )
         (summary,) = optuna.get_all_study_summaries(f"sqlite:///{tmp}/optuna.db")
         study = optuna.load_study(

@@ -33,7 +33,8 @@ import textwrap
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import fresh_store, timed_subprocess
 
 #: The Ray Tune side, run as its own driver (``python -c``): argv = address, uri, k, trials.
 TUNE = textwrap.dedent(
@@ -87,23 +88,6 @@ TUNE = textwrap.dedent(
     print("best", results.get_best_result("val_accuracy", "max").metrics["val_accuracy"])
     """
 )
-
-
-def _fresh_store(root: Path) -> str:
-    from mlflow.tracking import MlflowClient
-
-    uri = f"sqlite:///{root / 'mlflow.db'}"
-    MlflowClient(uri).search_experiments()  # migrated outside the timed part
-    return uri
-
-
-def _run(cmd: list[str], cwd: Path, env: dict[str, str]) -> float:
-    start = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
-    wall = time.perf_counter() - start
-    if proc.returncode != 0:
-        sys.exit(f"command failed: {' '.join(cmd)}\n{proc.stdout[-3000:]}{proc.stderr[-3000:]}")
-    return wall
 
 
 def _logged(uri: str, experiment: str) -> str:
@@ -198,9 +182,9 @@ def main(argv: list[str] | None = None) -> int:
                 name = f"Ray Tune, {k} at once"
                 d = Path(tmp, f"tune{k}")
                 d.mkdir()
-                uri = _fresh_store(d)
+                uri = fresh_store(d)
                 cmd = [sys.executable, "-c", TUNE, cluster.address, uri, str(k), str(n), str(d)]
-                walls[name] = _run(cmd, d, cluster.env)
+                walls[name] = timed_subprocess(cmd, cwd=d, env=cluster.env, inherit=False)
                 logged[name] = _logged(uri, "raytune")
                 print(f"{name}: {walls[name]:.1f} s; {logged[name]}", flush=True)
 
@@ -221,12 +205,13 @@ def main(argv: list[str] | None = None) -> int:
             for name, extra in sides.items():
                 d = Path(tmp, name.replace(" ", "_").replace(",", "").replace("=", ""))
                 d.mkdir()
-                uri = _fresh_store(d)
+                uri = fresh_store(d)
                 cmd = [
                     sys.executable, "-m", "runner", *ours, *extra,
                     f"hydra.sweeper.storage=sqlite:///{d / 'optuna.db'}",
                 ]  # fmt: skip
-                walls[name] = _run(cmd, d, {**cluster.env, "MLFLOW_TRACKING_URI": uri})
+                env = {**cluster.env, "MLFLOW_TRACKING_URI": uri}
+                walls[name] = timed_subprocess(cmd, cwd=d, env=env, inherit=False)
                 logged[name] = _logged(uri, "runner")
                 print(f"{name}: {walls[name]:.1f} s; {logged[name]}", flush=True)
     finally:

@@ -279,28 +279,40 @@ def test_a_sigkilled_worker_leaves_nothing_running(workdir: Path, tracking_uri: 
     assert "died" in killed.data.tags["runner.closed_reason"]
 
 
+def _postgres_study(server: Service, database: str) -> str:
+    """The Optuna storage URL of ``database``, made empty on the PostgreSQL ``server``."""
+    import psycopg
+
+    conninfo = server.url.replace("postgresql+psycopg://", "postgresql://")
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        conn.execute(f"DROP DATABASE IF EXISTS {database}")
+        conn.execute(f"CREATE DATABASE {database}")
+    return server.url.rsplit("/", 1)[0] + "/" + database
+
+
+def _two_workers(storage: str, name: str, n_trials: int, tracking_uri: str) -> tuple[str, ...]:
+    """A study ``name`` of ``n_trials`` logreg trials on ``storage``, run by two workers."""
+    return (
+        "hydra.sweeper.n_workers=2", f"hydra.sweeper.n_trials={n_trials}",
+        f"hydra.sweeper.storage={storage}", "hydra.sweeper.heartbeat_interval=5",
+        f"hydra.sweeper.study_name={name}", f"experiment_name={name}",
+        "backend=server", f"backend.uri={tracking_uri}", "model=logreg", SPACE, *CHEAP,
+    )  # fmt: skip
+
+
 def test_workers_run_as_slurm_jobs_on_one_postgres_study(
     workdir: Path,
     slurm: str,
     postgres: Service,  # noqa: F811  - the fixture imported above
     sqlite_server: Service,
 ) -> None:
-    import psycopg
-
-    conninfo = postgres.url.replace("postgresql+psycopg://", "postgresql://")
-    with psycopg.connect(conninfo, autocommit=True) as conn:
-        conn.execute("DROP DATABASE IF EXISTS optuna_slurm")
-        conn.execute("CREATE DATABASE optuna_slurm")
-    storage = postgres.url.rsplit("/", 1)[0] + "/optuna_slurm"
+    storage = _postgres_study(postgres, "optuna_slurm")
     sweep_dir = workdir / "sweep"
     run_cli(
         "-m", "hydra/sweeper=optuna", "hydra/launcher=slurm", f"hydra.launcher.partition={slurm}",
         "hydra.launcher.cpus_per_task=1", "hydra.launcher.mem_gb=2",
         "hydra.launcher.timeout_min=10", f"hydra.sweep.dir={sweep_dir}",
-        "hydra.sweeper.n_workers=2", "hydra.sweeper.n_trials=4",
-        f"hydra.sweeper.storage={storage}", "hydra.sweeper.heartbeat_interval=5",
-        "hydra.sweeper.study_name=on-slurm", "experiment_name=on-slurm",
-        "backend=server", f"backend.uri={sqlite_server.url}", "model=logreg", SPACE, *CHEAP,
+        *_two_workers(storage, "on-slurm", 4, sqlite_server.url),
     )  # fmt: skip
     study = _assert_exact(storage, "on-slurm", sqlite_server.url, 4)
     workers = _workers(study)
@@ -320,21 +332,12 @@ def test_workers_run_as_ray_tasks_on_one_postgres_study(
     postgres: Service,  # noqa: F811  - the fixture imported above
     sqlite_server: Service,
 ) -> None:
-    import psycopg
-
-    conninfo = postgres.url.replace("postgresql+psycopg://", "postgresql://")
-    with psycopg.connect(conninfo, autocommit=True) as conn:
-        conn.execute("DROP DATABASE IF EXISTS optuna_ray")
-        conn.execute("CREATE DATABASE optuna_ray")
-    storage = postgres.url.rsplit("/", 1)[0] + "/optuna_ray"
+    storage = _postgres_study(postgres, "optuna_ray")
     # A relative sweep dir: the launcher runs each worker job in the launching directory.
     proc = run_cli(
         "-m", "hydra/sweeper=optuna", "hydra/launcher=ray",
         f"hydra.launcher.address={ray_cluster}", "hydra.sweep.dir=sweep",
-        "hydra.sweeper.n_workers=2", "hydra.sweeper.n_trials=6",
-        f"hydra.sweeper.storage={storage}", "hydra.sweeper.heartbeat_interval=5",
-        "hydra.sweeper.study_name=on-ray", "experiment_name=on-ray",
-        "backend=server", f"backend.uri={sqlite_server.url}", "model=logreg", SPACE, *CHEAP,
+        *_two_workers(storage, "on-ray", 6, sqlite_server.url),
     )  # fmt: skip
     out = proc.stdout + proc.stderr
     # The fixture's cluster ran the workers, not a local one started by the launcher.
