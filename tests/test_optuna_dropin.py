@@ -260,6 +260,204 @@ def test_custom_search_space(workdir: Path) -> None:
     assert 0 <= best["+w"] <= 1
 
 
+CALLBACK = "+hydra.callbacks.mlflow._target_=runner.tracking.callback.MLflowCallback"
+
+# A custom search space that suggests `y`, which the sweep also fixes.
+OVERLAPPING = """\
+import hydra
+from omegaconf import DictConfig
+from optuna.trial import Trial
+
+
+@hydra.main(version_base=None, config_path="conf", config_name="config")
+def sphere(cfg: DictConfig) -> float:
+    return float(cfg.x) ** 2 + float(cfg.y) ** 2
+
+
+def configure(cfg: DictConfig, trial: Trial) -> None:
+    trial.suggest_float("y", -1.0, 1.0)
+
+
+if __name__ == "__main__":
+    sphere()
+"""
+
+
+def _runs(uri: str) -> list[Any]:
+    from mlflow.tracking import MlflowClient
+
+    c = MlflowClient(uri)
+    return list(c.search_runs([e.experiment_id for e in c.search_experiments()]))
+
+
+@pytest.mark.parametrize("where", ["params", "command line"])
+def test_custom_search_space_overlapping_a_fixed_value_is_refused(
+    workdir: Path, where: str
+) -> None:
+    """As the official plugin ("Overlapping fixed parameters and search space parameters
+    found!"): a suggested param that is also fixed stops the sweep with exit 1; the trial is
+    voided (not a failure of the task, not counted), the study's parent run ends FAILED."""
+    params: dict[str, Any] = {"x": "range(-2, 2)"}
+    if where == "params":
+        params["y"] = 0.5
+    sweeper = {
+        "study_name": "overlap",
+        "storage": "sqlite:///optuna.db",
+        "n_trials": 2,
+        "params": params,
+        "custom_search_space": ".sphere.configure",
+    }
+    script = _app(workdir, "random", sweeper, script=OVERLAPPING)
+    rc, out = _run(script, CALLBACK, *([] if where == "params" else ["y=0.5"]))
+    assert rc == 1, out
+    assert (
+        "hydra.sweeper.custom_search_space suggested y in trial 0, which the sweep also "
+        "fixes: y=0.5 (a plain value in hydra.sweeper.params or on the command line)"
+    ) in out, out
+    assert "drop the fixed value, or stop suggesting it" in out
+    assert "Traceback" not in out, out
+    from runner.sweeps.optuna import storage as st
+
+    (trial,) = _study(workdir, "overlap").trials
+    assert trial.state.name == "FAIL" and trial.system_attrs["runner.void"] is True
+    assert st.counted([trial]) == []  # not one of n_trials: a fixed config runs them all
+    runs = _runs(f"sqlite:///{workdir / 'mlflow.db'}")
+    (parent,) = runs  # no job ran, so no child run
+    assert parent.info.status == "FAILED"
+    assert "custom_search_space suggested y" in parent.data.tags["runner.error"]
+    assert not list(workdir.glob("multirun/*/*/optimization_results.yaml"))
+
+
+# The official example/sphere.py as its test_failure_rate runs it (`error: false` in the
+# config, `error=true` on the command line); `error=if_positive` fails some trials only.
+SPHERE_ERROR = """\
+import hydra
+from omegaconf import DictConfig
+
+
+@hydra.main(version_base=None, config_path="conf", config_name="config")
+def sphere(cfg: DictConfig) -> float:
+    x: float = cfg.x
+    y: float = cfg.y
+    if cfg.error is True or (cfg.error == "if_positive" and x > 0):
+        raise RuntimeError("cfg.error is True")
+    return x**2 + y**2
+
+
+if __name__ == "__main__":
+    sphere()
+"""
+
+
+def _failure_rate_run(workdir: Path, rate: float, error: str, n_trials: int) -> tuple[int, str]:
+    """The official test_failure_rate's command, with our plugin and the MLflow callback;
+    its sampler (random, seed 123) proposes x = 2.5, 2.5, 0.0, -0.5 as trials 0-3."""
+    (workdir / "conf").mkdir()
+    config = {
+        "defaults": [
+            {"override hydra/sweeper": "optuna"},
+            {"override hydra/sweeper/sampler": "grid"},
+        ],
+        "hydra": {
+            "sweeper": {
+                "direction": "minimize",
+                "study_name": "sphere",
+                "storage": None,
+                "n_trials": 20,
+                "n_jobs": 1,
+                "params": {"x": "range(-5.5, 5.5, step=0.5)", "y": "choice(-5 ,0 ,5)"},
+            }
+        },
+        "x": 1,
+        "y": 1,
+        "z": 1,
+        "error": False,
+    }
+    (workdir / "conf" / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    script = workdir / "sphere.py"
+    script.write_text(SPHERE_ERROR)
+    return _run(
+        script,
+        f"hydra.sweep.dir={workdir / 'sweep'}",
+        "hydra.job.chdir=True",
+        f"hydra.sweeper.n_trials={n_trials}",
+        "hydra.sweeper.n_jobs=2",
+        "hydra/sweeper/sampler=random",
+        "hydra.sweeper.sampler.seed=123",
+        f"hydra.sweeper.max_failure_rate={rate}",
+        f"error={error}",
+        CALLBACK,
+    )
+
+
+def _sweep_runs(workdir: Path) -> tuple[Any, list[Any]]:
+    runs = _runs(f"sqlite:///{workdir / 'mlflow.db'}")
+    (parent,) = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert {r.data.tags["mlflow.parentRunId"] for r in children} == {parent.info.run_id}
+    return parent, children
+
+
+def test_failure_rate_half_stops_the_sweep(workdir: Path) -> None:
+    """The official test_failure_rate at 0.5: the error is named (once, in the stop
+    message; once per failed trial, in its traceback); exit 1; results file and summary.
+    n_trials=4 (the official 20): the first failure stops it, the other worker's trial
+    is let finish, so 2 of 4 run either way."""
+    rc, out = _failure_rate_run(workdir, 0.5, "true", n_trials=4)
+    assert rc == 1, out
+    assert out.count("stopped: ") == 1, out
+    assert out.count("Last error: RuntimeError: cfg.error is True.") == 1, out
+    parent, children = _sweep_runs(workdir)
+    assert parent.info.status == "FAILED"
+    assert len(children) == 2 and {r.info.status for r in children} == {"FAILED"}
+    assert out.count("Traceback (most recent call last)") == len(children), out
+    assert "study sphere: done in " in out and ", 2 trials (2 failed)" in out, out
+    results = yaml.safe_load((workdir / "sweep" / "optimization_results.yaml").read_text())
+    assert results["message"] == "no trial completed (of 2)" and results["best_value"] is None
+
+
+def test_failure_rate_one_with_every_trial_failing_is_an_error(workdir: Path) -> None:
+    """At 1.0 the official plugin runs all trials, then fails on `study.best_trial`
+    without naming the error; ours exits 1 naming the first (docs/sweeps.md, "Failure
+    rate"). n_trials=3: every trial runs, one worker runs two."""
+    rc, out = _failure_rate_run(workdir, 1.0, "true", n_trials=3)
+    assert rc == 1, out
+    assert (
+        "all 3 trials failed; the first error was (trial 0): RuntimeError: cfg.error is True"
+    ) in out, out
+    assert "stopped: " not in out, out  # not cut short by the rate
+    parent, children = _sweep_runs(workdir)
+    assert parent.info.status == "FAILED"
+    assert len(children) == 3 and {r.info.status for r in children} == {"FAILED"}
+    results = yaml.safe_load((workdir / "sweep" / "optimization_results.yaml").read_text())
+    assert results == {
+        "name": "optuna",
+        "message": "no trial completed (of 3)",
+        "best_params": None,
+        "best_value": None,
+    }
+
+
+def test_failure_rate_one_with_some_trials_failing_succeeds(workdir: Path) -> None:
+    """At 1.0 with the trials at x > 0 failing (trials 0 and 1 of 3): exit 0, the best of
+    the others in the results file, the failed trials' runs FAILED."""
+    rc, out = _failure_rate_run(workdir, 1.0, "if_positive", n_trials=3)
+    assert rc == 0, out
+    parent, children = _sweep_runs(workdir)
+    assert parent.info.status == "FINISHED"
+    assert len(children) == 3
+    failed = [r for r in children if r.info.status == "FAILED"]
+    done = [r for r in children if r.info.status == "FINISHED"]
+    assert failed and done, [(r.data.params, r.info.status) for r in children]
+    assert all(float(r.data.params["x"]) > 0 for r in failed)
+    assert all(float(r.data.params["x"]) <= 0 for r in done)
+    assert all("cfg.error is True" in r.data.tags["runner.error"] for r in failed)
+    results = yaml.safe_load((workdir / "sweep" / "optimization_results.yaml").read_text())
+    best = min(done, key=lambda r: r.data.metrics["return_value"])
+    assert results["best_value"] == best.data.metrics["return_value"]
+    assert results["best_params"]["x"] == float(best.data.params["x"])
+
+
 def test_both_plugins_installed_is_said(workdir: Path) -> None:
     """With the official plugin importable too, the clash is reported, and
     hydra/sweeper=runner_optuna still picks this project's sweeper."""

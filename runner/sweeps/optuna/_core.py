@@ -9,7 +9,7 @@ import math
 import os
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
@@ -78,6 +78,15 @@ class _Opened:
             progress,
             self.info.lock,
         )
+
+
+@dataclass
+class _Ending:
+    """What the body of :meth:`OptunaSweep._ending` tells it about how the sweep went."""
+
+    #: The trial loop ran to its end (or the study stopped itself): the results file
+    #: and the summary are written even when no trial completed.
+    ended: bool = False
 
 
 def _name_metrics(study: Any, objectives: list[str]) -> None:
@@ -167,7 +176,7 @@ class OptunaSweep:
             mp_context=ctx,
             initializer=_worker.init_worker,
             # The job's model and dataset modules: the user's code, imported per worker.
-            initargs=(setup.target_modules(self.config),),
+            initargs=(setup.target_modules(self.config), self.n_jobs),
         )
 
     def _preloads(self) -> list[str]:
@@ -312,16 +321,58 @@ class OptunaSweep:
             )
             close_dead_trials(self.config, study, [*stale, *dead], why)
 
-    def _run(self, arguments: list[str]) -> None:
-        o = self._open(arguments)
-        study, storage, info = o.study, o.storage, o.info
+    @contextlib.contextmanager
+    def _ending(self, o: _Opened, *, abort: Callable[[BaseException], None]) -> Iterator[_Ending]:
+        """Open the study's parent run and end it, however the sweep in the body ends.
+
+        The body sets ``ended`` once its trial loop has run to its end; a SweepError (the
+        study stopped itself) counts as ended too. Then the results file and the summary
+        are written, and the parent run ends FINISHED, or FAILED with the error. An
+        interrupt ends it KILLED; any other error FAILED. On those two ``abort(error)``
+        runs first, to leave the study clean for a resume; the error is then re-raised.
+
+        Args:
+            o: The opened study.
+            abort: What this process must undo on an interrupt or an unexpected error
+                (its running trials, or the workers' stop flag).
+
+        Yields:
+            The state the body fills in.
+        """
         from runner.tracking.study import study_tracker  # no MLflow import without tracking
 
+        study, info = o.study, o.info
         tracker = study_tracker(self.config)
-        status, error, ended = "KILLED", None, False
+        end = _Ending()
+        status, error = "KILLED", None
         try:
             if tracker is not None:  # inside the try: a kill right after it ends the parent
                 tracker.open(study, info)
+            yield end
+            status = "FINISHED"
+        except KeyboardInterrupt as e:
+            abort(e)
+            raise
+        except SweepError as e:
+            end.ended = True
+            status, error = "FAILED", str(e)
+            raise
+        except BaseException as e:
+            abort(e)
+            status, error = "FAILED", f"{type(e).__name__}: {e}"
+            raise
+        finally:
+            # Interrupted or broken: a results file is written only once a trial completed.
+            self._write_results(study, o.directions, ended=end.ended)
+            if end.ended:
+                self._summary(study, tracker)
+            if tracker is not None:
+                tracker.close(study, info, status=status, error=error)
+
+    def _run(self, arguments: list[str]) -> None:
+        o = self._open(arguments)
+        study, storage, info = o.study, o.storage, o.info
+        with self._ending(o, abort=lambda _: self._void_mine(study, storage)) as end:
             log.info(
                 "study %s (%s, storage %s): %d of %d trials to go, n_jobs=%d",
                 o.name,
@@ -339,27 +390,8 @@ class OptunaSweep:
                 Progress(o.name, self.n_trials, str(self.sc.progress)) as progress,
             ):
                 self._loop(o.trials(progress))
-            ended = True
+            end.ended = True
             self._check_all_failed(study)
-            status = "FINISHED"
-        except KeyboardInterrupt:
-            self._void_mine(study, storage)
-            raise
-        except SweepError as e:
-            ended = True
-            status, error = "FAILED", str(e)
-            raise
-        except BaseException as e:
-            self._void_mine(study, storage)
-            status, error = "FAILED", f"{type(e).__name__}: {e}"
-            raise
-        finally:
-            # Interrupted or broken: a results file is written only once a trial completed.
-            self._write_results(study, o.directions, ended=ended)
-            if ended:
-                self._summary(study, tracker)
-            if tracker is not None:
-                tracker.close(study, info, status=status, error=error)
 
     def _beat(self, storage: Any) -> AbstractContextManager[Any]:
         """The heartbeat of this process's RUNNING trials (a no-op when it is off)."""
@@ -406,14 +438,17 @@ class OptunaSweep:
             task_function=worker_task,  # type: ignore[arg-type]  # a callable object
             config=self.config,
         )
-        from runner.tracking.study import study_tracker  # no MLflow import without tracking
-
-        tracker = study_tracker(self.config)
-        status, error, ended = "KILLED", None, False
         outcome: dict[str, Any] = {}
-        try:
-            if tracker is not None:
-                tracker.open(study, info)
+
+        def abort(e: BaseException) -> None:
+            # Workers ask for no more trials; those this terminal's signal reached end
+            # their trial KILLED themselves.
+            if isinstance(e, KeyboardInterrupt):
+                self._set_stop(study, "the launching process was interrupted")
+            else:
+                self._set_stop(study, f"{type(e).__name__}: {e}")
+
+        with self._ending(o, abort=abort) as end:
             self._set_stop(study, None)  # a stop left by an earlier launched run of it
             log.info(
                 "study %s (%s, storage %s): %d of %d trials to go, %d worker(s) through %s",
@@ -448,7 +483,7 @@ class OptunaSweep:
                     self._watch(study, progress, seen)
                 self._wait_workers(study, progress, seen)
                 self._watch(study, progress, seen)
-            ended = True
+            end.ended = True
             failures = self._worker_failures(outcome)
             self._check_all_failed(study)
             short = len(self._finished(study)) < self.n_trials
@@ -466,25 +501,6 @@ class OptunaSweep:
                     f"{len(self._finished(study))} of {self.n_trials} trials finished; "
                     "re-running resumes the study."
                 )
-            status = "FINISHED"
-        except KeyboardInterrupt:
-            # Workers ask for no more trials; those this terminal's signal reached end
-            # their trial KILLED themselves.
-            self._set_stop(study, "the launching process was interrupted")
-            raise
-        except SweepError as e:
-            status, error = "FAILED", str(e)
-            raise
-        except BaseException as e:
-            self._set_stop(study, f"{type(e).__name__}: {e}")
-            status, error = "FAILED", f"{type(e).__name__}: {e}"
-            raise
-        finally:
-            self._write_results(study, o.directions, ended=ended)
-            if ended:
-                self._summary(study, tracker)
-            if tracker is not None:
-                tracker.close(study, info, status=status, error=error)
 
     def _set_stop(self, study: Any, why: str | None) -> None:
         """Tell the workers to ask for no more trials (None: clear it)."""
@@ -576,10 +592,12 @@ class OptunaSweep:
             SweepError: This worker's trials failed past ``max_failure_rate`` (the study is
                 then stopped for every worker).
         """
-        from runner.sweeps.optuna import _launched
+        from runner.sweeps.optuna import _launched, threads
 
         setup_globals()
         self.n_jobs = 1  # each worker runs its trials inline
+        n_workers = int(OmegaConf.select(self.sc, "n_workers", default=1) or 1)
+        threads.limit(_launched.workers_here(self.config, n_workers))
         self.worker = index
         o = self._open(arguments, salt=index + 1)
         study, storage = o.study, o.storage
@@ -704,6 +722,7 @@ class OptunaSweep:
                 )
                 self._tell(study, trial, Outcome("FAIL", error=error), progress)
                 return None
+            setup.refuse_overlap(study, trial, space)  # a fixed param suggested: void, stop
         try:
             return self._job_config(trial, space)
         except Exception as e:

@@ -20,6 +20,7 @@ __all__ = [
     "objectives",
     "parse_directions",
     "pruner",
+    "refuse_overlap",
     "sampler",
     "study_name",
     "target_modules",
@@ -228,6 +229,52 @@ def custom_search_space(config: DictConfig, task_function: Any) -> Callable[...,
     if not callable(fn):
         raise ConfigError(f"hydra.sweeper.custom_search_space={path!r} is not callable")
     return fn
+
+
+def refuse_overlap(study: Any, trial: Any, space: SearchSpace) -> None:
+    """Refuse a ``custom_search_space`` param that is also a fixed value.
+
+    The official plugin raises ``ValueError("Overlapping fixed parameters and search space
+    parameters found!...")`` in ``_configure_trials``: a fixed override would silently win
+    over the sampled value, and the study would learn from a value the job never ran. Here
+    the trial is voided (it is not a failure of the user's task, and not counted) and the
+    sweep stops with a ConfigError; nothing is queued again, since the same config would
+    refuse it again.
+
+    Args:
+        study: The study ``trial`` belongs to.
+        trial: The trial, after the custom search space suggested its params.
+        space: The sweep's search space (its fixed overrides).
+
+    Raises:
+        ConfigError: Params both fixed and suggested; the message names each with its
+            fixed value, and the fix.
+    """
+    from optuna.trial import TrialState
+
+    from runner.sweeps.optuna import storage as st
+    from runner.tracking.redact import redact_override
+
+    fixed = space.fixed_values()
+    # `+w` suggested and `w=1` fixed (or the reverse) name the same key.
+    overlap = sorted(k for k in trial.params if k.lstrip("+~") in fixed)
+    if not overlap:
+        return
+    shown = ", ".join(redact_override(f"{k}={fixed[k.lstrip('+~')]}") for k in overlap)
+    error = ConfigError(
+        f"hydra.sweeper.custom_search_space suggested {', '.join(overlap)} in trial "
+        f"{trial.number}, which the sweep also fixes: {shown} (a plain value in "
+        "hydra.sweeper.params or on the command line). A param is either fixed or searched: "
+        "drop the fixed value, or stop suggesting it in the custom search space function "
+        "(the official hydra-optuna-sweeper refuses this too: 'Overlapping fixed parameters "
+        "and search space parameters found!'). The trial was voided (not counted) and the sweep "
+        "stopped."
+    )
+    storage = study._storage
+    storage.set_trial_system_attr(trial._trial_id, contract.VOID_ATTR, True)
+    storage.set_trial_system_attr(trial._trial_id, contract.TRIAL_ERROR_ATTR, str(error)[:2000])
+    st.tell(study, trial, state=TrialState.FAIL)
+    raise error
 
 
 def _relative(path: str, task_function: Any) -> Any:

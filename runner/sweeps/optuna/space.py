@@ -45,6 +45,14 @@ class SearchSpace:
         """The space as JSON ``{key: override text}`` (a param of the parent run)."""
         return json.dumps(self.raw, sort_keys=True)
 
+    def fixed_values(self) -> dict[str, str]:
+        """The fixed overrides as ``{key: value text}`` (``+``/``++``/``~`` prefixes dropped)."""
+        out: dict[str, str] = {}
+        for text in self.fixed:
+            key, _, value = text.partition("=")
+            out[key.lstrip("+~")] = value
+        return out
+
     def digest(self, extra: list[str]) -> str:
         """Eight hex digits naming this space plus ``extra`` (fixed overrides, directions)."""
         text = json.dumps([sorted(self.raw.items()), sorted(self.fixed), extra])
