@@ -18,8 +18,9 @@ A default run takes 3-5 minutes on 2 cores.
 
    Throughput is shown over the whole command and over the trial window (first trial
    started to last trial finished, from Optuna's timestamps: the fixed start-up left out).
-   Beside them, this machine's own K-process ceiling: K plain processes each running the
-   trial's body (fit logreg on iris, the four metrics) with no runner. Target: a way's
+   Beside them, this machine's own K-process ceiling: K plain processes (each with its share
+   of the cores for its BLAS/OpenMP threads) each running the trial's body (fit logreg on
+   iris, the four metrics) with no runner. Target: a way's
    K=2 speed-up (trial window) reaches 0.9 of the ceiling's.
 2. Seconds per trial (the trial window over the trials, inline) with a PostgreSQL study and
    a tracking server (``python -m runner.server`` on PostgreSQL, started as
@@ -159,9 +160,22 @@ def way_run(way: str, k: int, trials: int, *, pythonpath: str | None = None) -> 
 
 
 def ceiling(k: int, n: int) -> float:
-    """Trial bodies per second of ``k`` plain processes running ``n`` bodies each at once."""
+    """Trial bodies per second of ``k`` plain processes running ``n`` bodies each at once.
+
+    Each process gets its share of the cores for its native thread pools, as a user who
+    runs k processes by hand would set (and as the runner's workers get it,
+    runner/sweeps/optuna/threads.py): with numpy's default of one OpenBLAS thread per core
+    in each, two processes here fitted half as many models per second as one.
+    """
+    from runner.sweeps.optuna.threads import THREAD_VARIABLES, cores
+
+    env = dict(os.environ)
+    if k > 1:
+        env.update({name: str(max(1, cores() // k)) for name in THREAD_VARIABLES})
     procs = [
-        subprocess.Popen([sys.executable, "-c", BODY, str(n)], stdout=subprocess.PIPE, text=True)
+        subprocess.Popen(
+            [sys.executable, "-c", BODY, str(n)], stdout=subprocess.PIPE, text=True, env=env
+        )
         for _ in range(k)
     ]
     spans = []

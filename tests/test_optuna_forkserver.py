@@ -9,7 +9,9 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Any
 
+from runner.sweeps.optuna.threads import THREAD_VARIABLES, cores
 from tests.conftest import run_cli
 
 FAST = ("tracking.log_model=false", "tracking.log_figures=false", "tracking.log_importances=false")
@@ -25,6 +27,7 @@ import sys
 from pathlib import Path
 
 from sklearn.linear_model import LogisticRegression
+from threadpoolctl import threadpool_info
 
 PRELOADED = {m: m in sys.modules for m in ("sklearn.metrics", "mlflow", "runner.app")}
 
@@ -43,6 +46,8 @@ class Probe(LogisticRegression):
             "sweep": multiprocessing.parent_process().pid,
             "preloaded": PRELOADED,
             "blocked": sorted(int(s) for s in signal.pthread_sigmask(signal.SIG_BLOCK, [])),
+            "threads": sorted({p["num_threads"] for p in threadpool_info()}),
+            "omp": os.environ.get("OMP_NUM_THREADS"),
         }
         out = Path(os.environ["PROBE_DIR"], f"{os.getpid()}.json")
         out.write_text(json.dumps(record))
@@ -50,7 +55,8 @@ class Probe(LogisticRegression):
 """
 
 
-def test_workers_fork_from_a_preloaded_server(workdir: Path, tracking_uri: str) -> None:
+def _probe_sweep(workdir: Path, env: dict[str, str] | None = None) -> list[dict[str, Any]]:
+    """Four trials on two n_jobs workers of the probe model: each worker's record."""
     (workdir / "probe.py").write_text(PROBE)
     probes = workdir / "probes"
     probes.mkdir()
@@ -58,9 +64,13 @@ def test_workers_fork_from_a_preloaded_server(workdir: Path, tracking_uri: str) 
     run_cli(
         "-m", "hydra/sweeper=optuna", "hydra.sweeper.n_trials=4", "hydra.sweeper.n_jobs=2",
         "model.C=tag(log, interval(0.01, 10))", "model._target_=probe.make", *FAST,
-        env={"PYTHONPATH": path, "PROBE_DIR": str(probes)},
+        env={"PYTHONPATH": path, "PROBE_DIR": str(probes), **(env or {})},
     )  # fmt: skip
-    records = [json.loads(p.read_text()) for p in probes.glob("*.json")]
+    return [json.loads(p.read_text()) for p in probes.glob("*.json")]
+
+
+def test_workers_fork_from_a_preloaded_server(workdir: Path, tracking_uri: str) -> None:
+    records = _probe_sweep(workdir)
     assert len(records) == 2, records  # two workers ran the four trials
     (server,) = {r["ppid"] for r in records}  # both forked by one server ...
     (sweep,) = {r["sweep"] for r in records}
@@ -70,3 +80,84 @@ def test_workers_fork_from_a_preloaded_server(workdir: Path, tracking_uri: str) 
     assert all(all(r["preloaded"].values()) for r in records), records
     # SIGINT and SIGTERM were blocked while the server started; a worker unblocks them.
     assert all(r["blocked"] == [] for r in records), records
+
+
+def test_workers_share_the_cores_for_their_native_threads(
+    workdir: Path, tracking_uri: str
+) -> None:
+    """Two workers each get half the cores for BLAS/OpenMP, not one thread per core each."""
+    # The user's own setting is the other test; here the environment must leave it to us.
+    assert not [v for v in THREAD_VARIABLES if v in os.environ], "unset them to run this"
+    records = _probe_sweep(workdir)
+    share = max(1, cores() // 2)
+    assert records and all(r["threads"] == [share] for r in records), (share, records)
+    # Set for what a worker loads later, too (the user's torch reads OMP_NUM_THREADS).
+    assert all(r["omp"] == str(share) for r in records), records
+
+
+def test_a_thread_count_the_user_set_is_kept(workdir: Path, tracking_uri: str) -> None:
+    records = _probe_sweep(workdir, env={"OPENBLAS_NUM_THREADS": "7", "OMP_NUM_THREADS": "7"})
+    assert records and all(r["omp"] == "7" for r in records), records
+    assert all(7 in r["threads"] for r in records), records
+
+
+def test_launched_workers_on_this_host_share_it() -> None:
+    from omegaconf import OmegaConf
+
+    from runner.sweeps.optuna._launched import workers_here
+
+    def launcher(target: str) -> Any:
+        return OmegaConf.create({"hydra": {"launcher": {"_target_": target}}})
+
+    local = "hydra_plugins.hydra_submitit_launcher.submitit_launcher.LocalLauncher"
+    slurm = "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
+    ray = "hydra_plugins.runner_ray_launcher.launcher.RayLauncher"
+    assert workers_here(launcher(local), 3) == 3
+    assert workers_here(launcher(slurm), 3) == 1  # each SLURM job has its own allocation
+    assert workers_here(launcher(ray), 3) == 1
+
+
+#: A model module that presses Ctrl-C (SIGINT to the sweep's whole process group, as a
+#: terminal does) while the first worker imports it, i.e. while the workers start.
+CTRL_C_AT_IMPORT = """\
+import os
+import signal
+from pathlib import Path
+
+from sklearn.linear_model import LogisticRegression
+
+_marker = Path(os.environ["PROBE_DIR"], "pressed")
+if not _marker.exists():
+    _marker.write_text(Path(f"/proc/{os.getppid()}/cmdline").read_bytes().decode(errors="replace"))
+    os.killpg(0, signal.SIGINT)
+
+
+def make(task, **kwargs):
+    return LogisticRegression(**kwargs)
+"""
+
+
+def test_ctrl_c_while_the_workers_start_is_quiet(workdir: Path, tracking_uri: str) -> None:
+    """Exit 130, one interruption line, no traceback from a worker or the server."""
+    from tests.conftest import run_python
+
+    (workdir / "ctrlc.py").write_text(CTRL_C_AT_IMPORT)
+    path = os.pathsep.join(filter(None, [str(workdir), os.environ.get("PYTHONPATH")]))
+    proc = run_python(
+        [
+            "-m", "runner", "-m", "hydra/sweeper=optuna", "hydra.sweeper.n_trials=4",
+            "hydra.sweeper.n_jobs=2", "model._target_=ctrlc.make",
+            "model.C=tag(log, interval(0.01, 10))", *FAST,
+        ],
+        cwd=workdir,
+        env={"PYTHONPATH": path, "PROBE_DIR": str(workdir)},
+        timeout=120,
+        check=False,
+        start_new_session=True,  # the group signalled is the sweep's alone
+    )  # fmt: skip
+    out = proc.stdout + proc.stderr
+    # Pressed in a worker (a child of the forkserver), not in the sweep process.
+    assert "forkserver" in (workdir / "pressed").read_text(), out
+    assert proc.returncode == 130, out
+    assert "Traceback" not in out, out
+    assert "KeyboardInterrupt" not in out, out

@@ -28,6 +28,7 @@ __all__ = [
     "launcher_target",
     "live_workers",
     "worker_overrides",
+    "workers_here",
 ]
 
 log = logging.getLogger("runner.optuna_sweep")
@@ -45,6 +46,16 @@ def launcher_target(config: DictConfig) -> str | None:
     if not target or str(target) == BASIC:
         return None
     return str(target)
+
+
+def workers_here(config: DictConfig, n_workers: int) -> int:
+    """How many of the sweep's ``n_workers`` workers run on this host at once.
+
+    All of them under a launcher that runs its jobs here (joblib, submitit's local
+    executor: :data:`runner.sweeps.optuna.storage.LOCAL_LAUNCHERS`); one under any other
+    (a SLURM job or a Ray task has the cores it was given).
+    """
+    return n_workers if launcher_target(config) in st.LOCAL_LAUNCHERS else 1
 
 
 def worker_overrides(fixed: list[str], index: int) -> list[str]:

@@ -28,6 +28,7 @@ from types import FrameType
 from typing import Any
 
 from runner.interrupts import install, pending
+from runner.sweeps.optuna import threads
 from runner.trial import Outcome, TrialHandle, activate, outcome
 
 __all__ = [
@@ -79,7 +80,7 @@ def start_forkserver(modules: Sequence[str]) -> multiprocessing.context.BaseCont
     return ctx
 
 
-def init_worker(modules: Sequence[str] = ()) -> None:
+def init_worker(modules: Sequence[str] = (), workers: int = 1) -> None:
     """Worker set-up: Ctrl-C is the sweep process's to handle; SIGTERM ends the job KILLED.
 
     SIGTERM is cooperative (:func:`runner.interrupts.install`): it stops the job's task at
@@ -94,6 +95,8 @@ def init_worker(modules: Sequence[str] = ()) -> None:
         modules: Imported here, in each worker, after the handlers are set: the job's own
             model and dataset modules, which the forkserver does not preload (an import
             error is the first trial's to report).
+        workers: The pool's size: each worker's native thread pools get their share of
+            the cores (:func:`runner.sweeps.optuna.threads.limit`).
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     install()
@@ -109,6 +112,7 @@ def init_worker(modules: Sequence[str] = ()) -> None:
     # Blocked since the forkserver started (start_forkserver): a signal sent meanwhile is
     # delivered now, to the handlers above (a SIGINT is dropped: it is ignored).
     signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)
+    threads.limit(workers)
     # No runner.shutdown.quick_exit: a forked worker ends with os._exit (the forkserver's
     # child), without the interpreter's shutdown collection a spawned one paid.
     # Not a _call(): a signal here waits (an import cut in half leaves a module that the
@@ -214,10 +218,17 @@ def run_trial(
             )
         except KeyboardInterrupt:
             # run_job catches Exception only: on_job_end never ran for this job. (Importing
-            # the session imports no MLflow: nothing to end when tracking is off.)
-            from runner.tracking.session import close_job_run
+            # the session imports no MLflow: nothing to end when tracking is off.) The
+            # interrupt is re-raised whatever the clean-up meets: a KeyboardInterrupt that
+            # cut a first `import mlflow` in half leaves a module whose next import raises,
+            # and that error replacing the interrupt made the pool record the trial FAIL
+            # ("the trial's worker died") instead of KILLED.
+            try:
+                from runner.tracking.session import close_job_run
 
-            close_job_run("KILLED")
+                close_job_run("KILLED")
+            except Exception:
+                log.exception("trial %d: its run could not be ended KILLED", handle.number)
             raise
     ok = ret.status == JobStatus.COMPLETED
     result = outcome(ok, ret._return_value, len(handle.ref.directions))
