@@ -1,6 +1,7 @@
 """The MLflow callback in a Hydra app of the user's own (tests/apps/tutorial: Hydra's
 tutorial shape, `version_base=None`, so `chdir=True` and a relative sweep dir), run through
-its real CLI: one run, a grid, an Optuna sweep, the joblib launcher, bad settings.
+its real CLI: one run, a grid, an Optuna sweep, the joblib and submitit launchers, chdir
+true and false, relative and absolute sweep dirs, bad settings.
 """
 
 from __future__ import annotations
@@ -119,6 +120,55 @@ def test_a_grid_nests_every_job_under_one_parent(app: Path, sweep: list[str]) ->
     children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
     assert len(parents) == 1, [r.data.tags for r in parents]
     assert len(children) == 4
+    assert {r.data.tags["mlflow.parentRunId"] for r in children} == {parents[0].info.run_id}
+    assert {r.info.status for r in runs} == {"FINISHED"}
+    assert all("return_value" in r.data.metrics for r in children)
+
+
+#: The other combinations a Hydra user meets, a pairwise cover (an L9 orthogonal array) of
+#: sweeper x launcher x ``hydra.job.chdir`` x sweep dir, with the grid test above as its
+#: other two rows: every pair of choices is run at least once.
+COMBINATIONS = [
+    ("basic", "joblib", False, "absolute"),
+    ("basic", "submitit_local", True, "relative"),
+    ("grid", "basic", False, "relative"),
+    ("grid", "submitit_local", True, "absolute"),
+    ("optuna", "basic", True, "absolute"),
+    ("optuna", "joblib", True, "relative"),
+    ("optuna", "submitit_local", False, "relative"),
+]
+
+
+@pytest.mark.parametrize(
+    ("sweeper", "launcher", "chdir", "sweep_dir"),
+    [pytest.param(*c, id="-".join(map(str, c))) for c in COMBINATIONS],
+)
+def test_every_combination_nests_under_one_parent_and_ends(
+    app: Path, sweeper: str, launcher: str, chdir: bool, sweep_dir: str
+) -> None:
+    """One parent, one FINISHED child per job or trial, nothing RUNNING, in the launch dir."""
+    args = ["-m", CALLBACK, f"hydra.job.chdir={str(chdir).lower()}"]
+    if sweep_dir == "absolute":
+        args.append(f"hydra.sweep.dir={app.parent / 'sweeps' / 'one'}")
+    if launcher == "joblib":
+        args += ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"]
+    elif launcher == "submitit_local":
+        args += ["hydra/launcher=submitit_local", "hydra.launcher.timeout_min=10"]
+    if sweeper == "optuna":
+        args += ["hydra/sweeper=optuna", "hydra.sweeper.n_trials=2", "x=interval(0,1)"]
+        args += ["hydra.sweeper.direction=minimize", "hydra/sweeper/sampler=random"]
+        if launcher != "basic":  # workers through the launcher share a study file
+            args += [f"hydra.sweeper.storage=sqlite:///{app / 'optuna.db'}"]
+            args += ["hydra.sweeper.n_workers=2"]
+    else:
+        args += [] if sweeper == "basic" else [f"hydra/sweeper={sweeper}"]
+        args += ["x=0.1,0.2"]
+    run_app(app, *args)
+    runs = all_runs(f"sqlite:///{app / 'mlflow.db'}")
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert len(parents) == 1, [r.data.tags for r in parents]
+    assert len(children) == 2, [r.data.tags for r in children]
     assert {r.data.tags["mlflow.parentRunId"] for r in children} == {parents[0].info.run_id}
     assert {r.info.status for r in runs} == {"FINISHED"}
     assert all("return_value" in r.data.metrics for r in children)

@@ -1117,4 +1117,14 @@ class WorkerTask:
             task_function=resolve_task(*self.task),
             config=self.config,
         )
-        return sweep.work(self.arguments, index)
+        # Trials compose and run from the launch directory, as in the launching process:
+        # with hydra.job.chdir=True (Hydra's default for version_base < 1.2) this job runs
+        # in its own output dir, and a relative sweep dir resolved from there put every
+        # trial's job dir, and the sweep's parents file, under the worker's folder: each
+        # worker made a parent run of its own.
+        job_dir = os.getcwd()
+        os.chdir(hydra_cfg.runtime.cwd)
+        try:
+            return sweep.work(self.arguments, index)
+        finally:
+            os.chdir(job_dir)
