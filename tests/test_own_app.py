@@ -280,6 +280,26 @@ def test_a_structured_config_torch_app_sweeps_and_prunes(workdir: Path) -> None:
     assert "return_value" in done.data.metrics
 
 
+def test_a_structured_config_torch_app_runs_once_and_as_a_joblib_grid(workdir: Path) -> None:
+    app = workdir / "structured"
+    shutil.copytree(STRUCTURED, app)
+    uri = f"sqlite:///{app / 'mlflow.db'}"
+    run_app(app, CALLBACK, "optim.lr=0.01", script="train.py")
+    (single,) = all_runs(uri)
+    assert single.info.status == "FINISHED"
+    assert single.data.params["optim.lr"] == "0.01" and "return_value" in single.data.metrics
+    assert len(client(uri).get_metric_history(single.info.run_id, "train_loss")) == 6
+    grid = ["-m", CALLBACK, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2"]
+    run_app(app, *grid, "optim.lr=0.01,0.1", script="train.py")
+    runs = [r for r in all_runs(uri) if r.info.run_id != single.info.run_id]
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert len(parents) == 1 and len(children) == 2, [r.data.tags for r in runs]
+    assert {r.data.tags["mlflow.parentRunId"] for r in children} == {parents[0].info.run_id}
+    assert {r.info.status for r in runs} == {"FINISHED"}
+    assert sorted(r.data.params["optim.lr"] for r in children) == ["0.01", "0.1"]
+
+
 def test_the_official_multi_objective_example_runs_unchanged(workdir: Path) -> None:
     # hydra-optuna-sweeper's example/multi-objective.py and its config (n_trials cut to 6),
     # with our sweeper and the callback added on the command line.
