@@ -13,6 +13,7 @@ import os
 import signal
 import socket
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -43,13 +44,17 @@ log = logging.getLogger(__name__)
 CONNECT_TIMEOUT_S = 10.0
 #: How often the wait for a batch looks for a signal to act on.
 _POLL_S = 0.5
-#: How long an interrupted batch waits for its cancelled jobs to end their runs.
+#: How long an interrupted batch waits for its cancelled jobs to end their runs (default of
+#: ``hydra.launcher.cancel_wait_s``).
 _CANCEL_WAIT_S = 10.0
+#: How long a force-cancel waits for Ray to report the killed workers' tasks ended.
+_KILL_WAIT_S = 30.0
 #: Ray Client's default port (``ray://host`` without one).
 _RAY_CLIENT_PORT = 10001
 
-#: The threads other than the main one waiting for a batch (the Optuna sweeper's launch).
-_waiting: set[threading.Thread] = set()
+#: The threads other than the main one waiting for a batch (the Optuna sweeper's launch),
+#: with the cancel wait of each one's launcher.
+_waiting: dict[threading.Thread, float] = {}
 _waiting_lock = threading.Lock()
 _exit_hook = False
 
@@ -251,25 +256,78 @@ def _lost(ray: Any, overrides: Sequence[str], error: BaseException) -> JobReturn
     return JobReturn(overrides=list(overrides), status=JobStatus.FAILED, _return_value=lost)
 
 
-def _cancel(ray: Any, refs: list[Any]) -> None:
+def _cancel(ray: Any, refs: list[Any], wait_s: float) -> None:
     """Cancel ``refs``: first not forced, then forced for those still running after a wait.
 
     Not forced, Ray raises ``KeyboardInterrupt`` in a running job (between bytecodes), which
-    then ends its run KILLED (:func:`execute_job`); forced, the worker is killed.
+    then ends its run KILLED (:func:`execute_job`); forced, the worker is killed (SIGKILL),
+    and nothing of the job's ends its run: :func:`_close_left_running` does, afterwards.
+    With ``wait_s`` 0 every job is force-cancelled at once.
+    Returns once every task has ended, or after a bounded wait for Ray to say so.
     """
     if not refs:
         return
-    for ref in refs:
-        ray.cancel(ref)
-    _, remaining = ray.wait(refs, num_returns=len(refs), timeout=_CANCEL_WAIT_S)
-    if remaining:
-        log.warning(
-            f"Ray: {len(remaining)} job(s) still running {_CANCEL_WAIT_S:g} s after the "
-            "cancel were force-cancelled (their workers killed); a run they left RUNNING "
-            "is ended by `python -m runner.lifecycle close-stale`"
-        )
+    remaining = refs
+    if wait_s > 0:  # 0: no time to end their runs, force-cancelled at once
+        for ref in refs:
+            ray.cancel(ref)
+        _, remaining = ray.wait(refs, num_returns=len(refs), timeout=wait_s)
+    if not remaining:
+        return
+    when = f"still running {wait_s:g} s after the cancel" if wait_s > 0 else "running"
+    log.warning(
+        f"Ray: {len(remaining)} job(s) {when} were force-cancelled (their workers killed); "
+        "this process ends the runs they left RUNNING as KILLED"
+    )
     for ref in remaining:
         ray.cancel(ref, force=True)
+    # A force-cancel is a request too: the runs are closed once the workers are gone, so
+    # that no job writes to its run after it was ended.
+    _, alive = ray.wait(remaining, num_returns=len(remaining), timeout=_KILL_WAIT_S)
+    if alive:
+        log.warning(f"Ray: {len(alive)} force-cancelled job(s) not reported ended by Ray")
+
+
+def _close_left_running(launcher: RayLauncher, job_nums: list[int], started_ms: int) -> None:
+    """End KILLED the runs the cancelled jobs ``job_nums`` left RUNNING (tagged why).
+
+    The jobs end their own runs when the cancel's interrupt reaches them in time, but that
+    is Ray's best effort: the interrupt is raised only between bytecodes of the job's main
+    thread (not inside a long C call: a ``fit``, a SQLite lock wait), a run being ended
+    then still takes store calls on a loaded machine, and whatever is not done when the
+    force-cancel comes (or the driver disconnects, which kills its tasks) is cut off with
+    its run RUNNING. Closed here, by the launching process, once the jobs are gone, the
+    sweep's runs end KILLED whatever the timing (as a dead trial's run is closed by the
+    surviving worker, runner.tracking.trials).
+    """
+    assert launcher.config is not None
+    if not job_nums or not _tracked(launcher.config):
+        return
+    from runner.tracking.session import launch_dir
+    from runner.tracking.trials import close_launched_jobs
+
+    sweep_dir = Path(str(launcher.config.hydra.sweep.dir))
+    if not sweep_dir.is_absolute():
+        sweep_dir = Path(launch_dir(launcher.config)) / sweep_dir
+    why = (
+        f"ended KILLED by the process that launched it on Ray ({socket.gethostname()}:"
+        f"{os.getpid()}): the sweep was interrupted and the job's Ray task cancelled "
+        "before the job ended its run"
+    )
+    # Not cut short by a second Ctrl-C: the runs must end (runner.interrupts).
+    with held(drop=True):
+        closed = close_launched_jobs(sweep_dir, job_nums, why, started_after_ms=started_ms)
+    if closed:
+        log.info(f"Ray: ended {closed} run(s) the cancelled jobs left RUNNING as KILLED")
+
+
+def _tracked(config: DictConfig) -> bool:
+    from runner.tracking.session import enabled
+
+    try:
+        return enabled(config)
+    except RunnerError:
+        return False
 
 
 def _join_waiting() -> None:
@@ -280,9 +338,10 @@ def _join_waiting() -> None:
     the process (exit status -6), and so would Ray's own exit hook with one of theirs.
     """
     with _waiting_lock:
-        waiting = list(_waiting)
-    for thread in waiting:
-        thread.join(timeout=_CANCEL_WAIT_S + 2 * _POLL_S + 5)
+        waiting = dict(_waiting)
+    for thread, wait_s in waiting.items():
+        # The cancel's waits, then the closing of what the jobs left RUNNING.
+        thread.join(timeout=wait_s + _KILL_WAIT_S + 2 * _POLL_S + 30)
 
 
 def launch(
@@ -319,6 +378,8 @@ def launch(
         )
     )
     task = ray.remote(execute_job).options(**launcher.task_options)
+    # A minute early: a job's run start time is its node's clock, not this machine's.
+    started_ms = int(time.time() * 1000) - 60_000
     refs = [
         task.remote(shared, idx, list(overrides))
         for idx, overrides in enumerate(job_overrides, start=initial_job_idx)
@@ -330,7 +391,7 @@ def launch(
     main = threading.main_thread()
     if this is not main:
         with _waiting_lock:
-            _waiting.add(this)
+            _waiting[this] = launcher.cancel_wait_s
     try:
         while remaining:
             # The runner holds SIGINT/SIGTERM until a safe point (runner.interrupts): waiting
@@ -355,11 +416,15 @@ def launch(
                     log.error(f"Ray job {' '.join(overrides)} failed in Ray: {e}")
                     runs[order[ref]] = _lost(ray, overrides, e)
     except BaseException:
-        # Interrupted: no job left running on the cluster.
-        _cancel(ray, remaining)
+        # Interrupted: no job left running on the cluster, and none of their runs RUNNING.
+        nums = [initial_job_idx + order[ref] for ref in remaining]
+        try:
+            _cancel(ray, remaining, launcher.cancel_wait_s)
+        finally:  # also after a second Ctrl-C cut the cancel's waits short
+            _close_left_running(launcher, nums, started_ms)
         raise
     finally:
         with _waiting_lock:
-            _waiting.discard(this)
+            _waiting.pop(this, None)
         configure_log(launcher.config.hydra.hydra_logging, launcher.config.hydra.verbose)
     return [runs[i] for i in range(len(refs))]

@@ -28,6 +28,9 @@ class RayLauncherConf:
     max_retries: int = 0
     # More options of each task (`ray.remote(...).options(**remote)`): memory, scheduling, ...
     remote: dict[str, Any] = field(default_factory=dict)
+    # Ctrl-C/SIGTERM: seconds the cancelled jobs get to end their own runs before they are
+    # force-cancelled (their workers killed); the launching process ends what is left KILLED.
+    cancel_wait_s: float = 10.0
     # Keyword arguments of ray.init(), e.g. {num_cpus: 2} for a local cluster, or
     # {runtime_env: {env_vars: {...}}} for what the jobs need on a remote one.
     init: dict[str, Any] = field(default_factory=dict)

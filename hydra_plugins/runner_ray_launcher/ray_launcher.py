@@ -35,6 +35,8 @@ class RayLauncher(Launcher):
         max_retries: Ray's retries of a job whose worker died (0: none).
         remote: More options of each task (``ray.remote(...).options``).
         init: Keyword arguments of ``ray.init``.
+        cancel_wait_s: On an interrupt, seconds the cancelled jobs get to end their runs
+            before they are force-cancelled.
     """
 
     def __init__(
@@ -47,6 +49,7 @@ class RayLauncher(Launcher):
         max_retries: int = 0,
         remote: dict[str, Any] | None = None,
         init: dict[str, Any] | None = None,
+        cancel_wait_s: float = 10.0,
     ) -> None:
         self.address = address
         self.task_options: dict[str, Any] = {
@@ -57,6 +60,15 @@ class RayLauncher(Launcher):
             **_plain(remote),
         }
         self.init: dict[str, Any] = _plain(init)
+        if cancel_wait_s < 0:
+            from runner.errors import ConfigError
+
+            raise ConfigError(
+                f"hydra.launcher.cancel_wait_s={cancel_wait_s:g} is negative: give the seconds "
+                "the cancelled jobs of an interrupted sweep get to end their runs (0 or more; "
+                "default 10)."
+            )
+        self.cancel_wait_s = float(cancel_wait_s)
         self.config: DictConfig | None = None
         self.task_function: TaskFunction | None = None
         self.hydra_context: HydraContext | None = None

@@ -8,8 +8,12 @@ sqlite_store``) and tests/test_own_app.py (``test_a_grid_nests_every_job_under_o
 
 from __future__ import annotations
 
+import os
 import re
+import signal
 import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -116,6 +120,115 @@ def test_a_failing_ray_job_is_reported_failed(
     assert parent.info.status == "FAILED"  # type: ignore[attr-defined]
 
 
+def _training_jobs(uri: str, experiment: str) -> int:
+    """How many of the sweep's job runs are RUNNING and have logged an epoch."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        return 0
+    runs = client.search_runs([exp.experiment_id], "attributes.status = 'RUNNING'")
+    jobs = [r for r in runs if r.data.tags.get("runner.kind") == "job"]
+    return sum(bool(client.get_metric_history(r.info.run_id, "train_loss")) for r in jobs)
+
+
+def _statuses(uri: str, experiment: str) -> tuple[str, list[str]]:
+    parent, jobs = _sweep_runs(uri, experiment)
+    return parent.info.status, sorted(r.info.status for r in jobs)  # type: ignore[attr-defined]
+
+
+def _interrupted(workdir: Path, argv: list[str], uri: str, experiment: str) -> str:
+    """Run ``python -m runner -m hydra/launcher=ray argv``; SIGTERM it once two of its jobs
+    train (the cluster's 2 CPUs, their runs open mid-epoch); its output (exit status 130)."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "runner", "-m", "hydra/launcher=ray", *argv],
+        cwd=workdir, env={**os.environ, "PYTHONUNBUFFERED": "1"}, stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, text=True, start_new_session=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 240
+        while _training_jobs(uri, experiment) < 2:
+            assert proc.poll() is None, proc.communicate()[0]
+            assert time.monotonic() < deadline, "the jobs never started training"
+            time.sleep(0.5)
+        proc.send_signal(signal.SIGTERM)
+        out = proc.communicate(timeout=240)[0]
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+    assert proc.returncode == 130, out
+    return out
+
+
+#: MLP jobs that would train for hours: only the interrupt ends them. Every epoch's metrics
+#: go to the store at once (flush_every_s=0): much of a job's time is then in store calls,
+#: where the runner holds an interrupt back (hydra_plugins/runner_ray_launcher/_core.py,
+#: _cancel_reaches_the_job).
+ENDLESS = (
+    "model=mlp", "model.epochs=1000000", "dataset=synthetic", "dataset.n_samples=400",
+    "tracking.flush_every_s=0", *CHEAP,
+)  # fmt: skip
+#: The tag the launching process writes on a run it ended for a job it cancelled.
+CLOSED_BY_LAUNCHER = "ended KILLED by the process that launched it on Ray"
+
+
+@pytest.mark.parametrize(
+    "cancel_wait_s", [10, 0], ids=["jobs-end-their-runs", "jobs-killed-at-once"]
+)
+def test_an_interrupted_ray_sweep_ends_every_run_killed(
+    workdir: Path, ray_cluster: str, tracking_uri: str, cancel_wait_s: int
+) -> None:
+    # With the default wait the jobs mostly end their own runs as the cancel reaches them;
+    # whichever does not (a loaded machine: the interrupt comes late, ending the run takes
+    # store calls) is force-cancelled, and the launching process ends its run. With no wait
+    # every job is killed at once, and every run is the launching process's to end.
+    out = _interrupted(
+        workdir,
+        [f"hydra.launcher.address={ray_cluster}", f"hydra.launcher.cancel_wait_s={cancel_wait_s}",
+         "hydra.sweep.dir=sweep", f"backend.uri={tracking_uri}", "experiment_name=ray_stopped",
+         "lr=0.01,0.02", *ENDLESS],
+        tracking_uri, "ray_stopped",
+    )  # fmt: skip
+    # The launcher ends what the jobs left RUNNING before the process exits: at once.
+    parent, jobs = _sweep_runs(tracking_uri, "ray_stopped")
+    assert parent.info.status == "KILLED", out  # type: ignore[attr-defined]
+    assert sorted(r.info.status for r in jobs) == ["KILLED"] * 2, out  # type: ignore[attr-defined]
+    closed = [r for r in jobs if "runner.closed_reason" in r.data.tags]  # type: ignore[attr-defined]
+    for run in closed:
+        assert CLOSED_BY_LAUNCHER in run.data.tags["runner.closed_reason"]  # type: ignore[attr-defined]
+    if cancel_wait_s == 0:
+        assert "force-cancelled" in out, out
+        assert len(closed) == 2, (out, [r.data.tags for r in jobs])  # type: ignore[attr-defined]
+
+
+def test_an_interrupted_optuna_sweep_on_ray_ends_every_run_killed(
+    workdir: Path, ray_cluster: str, tracking_uri: str
+) -> None:
+    # Two worker jobs on one study (an absolute SQLite file: the cluster is this host), each
+    # in an endless trial, killed at once (cancel_wait_s=0, as an external cluster under load
+    # does after the wait): the trials' runs are the launching process's to end.
+    study = workdir / "study.db"
+    out = _interrupted(
+        workdir,
+        ["hydra/sweeper=optuna", f"hydra.launcher.address={ray_cluster}",
+         "hydra.launcher.cancel_wait_s=0", "hydra.sweep.dir=sweep",
+         f"hydra.sweeper.storage=sqlite:///{study}", "hydra.sweeper.n_workers=2",
+         "hydra.sweeper.n_trials=4", "hydra.sweeper.study_name=ray_optuna_stopped",
+         f"backend.uri={tracking_uri}", "experiment_name=ray_optuna_stopped",
+         "lr=tag(log, interval(0.001, 0.1))", *ENDLESS],
+        tracking_uri, "ray_optuna_stopped",
+    )  # fmt: skip
+    parent, trials = _sweep_runs(tracking_uri, "ray_optuna_stopped")
+    assert parent.info.status == "KILLED", out  # type: ignore[attr-defined]
+    assert len(trials) >= 2 and {r.info.status for r in trials} == {"KILLED"}, out  # type: ignore[attr-defined]
+    for run in trials:
+        tags = run.data.tags  # type: ignore[attr-defined]
+        assert CLOSED_BY_LAUNCHER in tags["runner.closed_reason"], tags
+        assert tags["runner.trial_state"] == "FAIL", tags
+
+
 @pytest.mark.parametrize("cause", ["unreachable", "not-installed"])
 def test_ray_that_cannot_run_the_jobs_is_a_config_error(
     workdir: Path, tracking_uri: str, cause: str
@@ -178,6 +291,14 @@ assert launcher.task_options == {
 }, launcher.task_options
 assert launcher.init == {"runtime_env": {"env_vars": {"A": "b"}}}, launcher.init
 assert type(launcher.init["runtime_env"]) is dict  # plain, for Ray
+assert launcher.cancel_wait_s == 10.0
+from runner.errors import ConfigError
+try:
+    type(launcher)(cancel_wait_s=-1)
+except ConfigError as e:
+    assert "hydra.launcher.cancel_wait_s=-1 is negative" in str(e), e
+else:
+    raise AssertionError("a negative cancel_wait_s was taken")
 assert "ray" not in sys.modules
 """
     run_python(["-c", script])
