@@ -9,13 +9,25 @@ the study open; after the last, the same command completes with exactly ``n_tria
 
 The moments of one chain run one after another on the same store: each kill starts from
 what the previous one left, which is the resume path a user takes.
+
+Each killed command is a child that ``tests/faults.py --zygote`` forks (one zygote per
+test): the same process as ``python tests/faults.py --kill ...`` without its 2.5-3 s of
+imports each time. A test checks that such a child counts the same calls as a fresh one.
+The final run of each chain, the one that must complete, is a fresh ``python -m runner``;
+a test of one moment uses a fresh ``faults.py --kill`` process (a zygote would only add
+its own start).
 """
 
 from __future__ import annotations
 
+import json
 import os
+import selectors
+import signal
 import subprocess
 import sys
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -112,12 +124,106 @@ def fresh_store(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     return uri
 
 
-def _cli(workdir: Path, command: list[str], *, timeout: float) -> tuple[int, str]:
+class Zygote:
+    """``tests/faults.py --zygote`` in ``workdir``: forks one ``--kill`` process per moment."""
+
+    #: Importing mlflow, optuna, sklearn and hydra: seconds, minutes on a loaded machine.
+    START_TIMEOUT = 180.0
+
+    def __init__(self, workdir: Path, logs: Path) -> None:
+        self.workdir, self.logs = workdir, logs
+        self.log = (logs / "zygote.log").open("w+")
+        self.proc = subprocess.Popen(
+            [sys.executable, str(FAULTS), "--zygote"],
+            cwd=workdir,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self.log,
+        )
+        assert self.proc.stdout is not None
+        self.selector = selectors.DefaultSelector()
+        self.selector.register(self.proc.stdout, selectors.EVENT_READ)
+        self.pending = b""
+        self.forks = 0
+        try:
+            self._receive("ready", self.START_TIMEOUT)
+        except BaseException:
+            self.proc.kill()
+            self.close()
+            raise
+
+    def _receive(self, key: str, timeout: float, pid: int | None = None) -> Any:
+        """The next message's ``key``; fails with the zygote's log on its end or a timeout."""
+        deadline = time.monotonic() + timeout
+        assert self.proc.stdout is not None
+        while b"\n" not in self.pending:
+            left = deadline - time.monotonic()
+            if left <= 0 or not self.selector.select(left):
+                if pid is not None:
+                    os.kill(pid, signal.SIGKILL)  # the hung child; its exit status follows
+                    self._receive("exit", 60)
+                pytest.fail(f"faults.py --zygote: no {key!r} within {timeout:.0f} s")
+            chunk = os.read(self.proc.stdout.fileno(), 4096)
+            if not chunk:
+                self.log.seek(0)
+                pytest.fail(f"faults.py --zygote ended (rc={self.proc.wait()}):\n{self.log.read()}")
+            self.pending += chunk
+        line, _, self.pending = self.pending.partition(b"\n")
+        return json.loads(line)[key]
+
+    def kill_at(
+        self, point: str, n: int, marker: Path, args: list[str], *, timeout: float
+    ) -> tuple[int, str]:
+        """A ``--kill point n marker -- *args`` child: its exit status and its output."""
+        assert self.proc.stdin is not None
+        self.forks += 1
+        out, err = (self.logs / f"{self.forks}.{s}" for s in ("out", "err"))
+        request = {"point": point, "n": n, "marker": str(marker), "args": args,
+                   "cwd": str(self.workdir), "stdout": str(out), "stderr": str(err)}  # fmt: skip
+        self.proc.stdin.write((json.dumps(request) + "\n").encode())
+        self.proc.stdin.flush()
+        pid = self._receive("pid", 60)
+        code = self._receive("exit", timeout, pid=pid)
+        return code, out.read_text() + err.read_text()
+
+    def close(self) -> None:
+        """End the zygote (the end of its stdin) and check that it exited 0."""
+        assert self.proc.stdin is not None
+        self.proc.stdin.close()
+        try:
+            rc = self.proc.wait(timeout=60)
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+                self.proc.wait()
+            self.selector.close()
+            assert self.proc.stdout is not None
+            self.proc.stdout.close()
+            self.log.seek(0)
+            log = self.log.read()
+            self.log.close()
+        assert rc == 0, f"faults.py --zygote exited {rc}:\n{log}"
+
+
+@pytest.fixture
+def zygote(
+    workdir: Path, fresh_store: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Zygote]:
+    """This test's zygote, started in its launch directory with its store's environment."""
+    z = Zygote(workdir, tmp_path_factory.mktemp("fault-logs"))
+    yield z
+    z.close()
+
+
+def _cli(
+    workdir: Path, command: list[str], *, timeout: float, env: dict[str, str] | None = None
+) -> tuple[int, str]:
     """``python *command`` in ``workdir``: its exit status and its output."""
     proc = subprocess.run(
         [sys.executable, *command],
         cwd=workdir,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        env={**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1"},
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -126,13 +232,21 @@ def _cli(workdir: Path, command: list[str], *, timeout: float) -> tuple[int, str
     return proc.returncode, proc.stdout + proc.stderr
 
 
-def _kill_at(workdir: Path, point: str, n: int, args: list[str]) -> str:
-    """Run the CLI with SIGTERM at ``point``'s ``n``-th call; assert it exited 130."""
+def _kill_at(
+    workdir: Path, point: str, n: int, args: list[str], zygote: Zygote | None = None
+) -> str:
+    """Run the CLI with SIGTERM at ``point``'s ``n``-th call; assert it exited 130.
+
+    A child of ``zygote`` (started in ``workdir``), or a fresh ``python tests/faults.py
+    --kill`` process.
+    """
     marker = workdir / "fault.marker"
     marker.unlink(missing_ok=True)
-    code, out = _cli(
-        workdir, [str(FAULTS), "--kill", point, str(n), str(marker), "--", *args], timeout=180
-    )
+    if zygote is None:
+        command = [str(FAULTS), "--kill", point, str(n), str(marker), "--", *args]
+        code, out = _cli(workdir, command, timeout=180)
+    else:
+        code, out = zygote.kill_at(point, n, marker, args, timeout=180)
     moment = f"SIGTERM at {point} call {n}"
     assert marker.exists() and marker.read_text() == "fired", f"{moment} never came:\n{out}"
     assert code == 130, f"{moment}: exit {code}\n{out}"
@@ -193,12 +307,37 @@ def _counted(study: Any) -> list[Any]:
     return counted(study.get_trials(deepcopy=False))
 
 
-def test_optuna_sweep_survives_sigterm_anywhere(workdir: Path, fresh_store: str) -> None:
+def test_zygote_child_counts_the_same_calls_as_a_fresh_process(
+    workdir: Path, zygote: Zygote
+) -> None:
+    # With N = 0 nothing is sent and the marker gets every point's call count: a forked
+    # child that imported, patched or inherited anything differently counts differently.
+    fresh = workdir / "fresh"
+    fresh.mkdir()
+    marker = fresh / "counts.json"
+    code, out = _cli(
+        fresh,
+        [str(FAULTS), "--kill", EVALUATE, "0", str(marker), "--", *SINGLE],
+        timeout=300,
+        env={"MLFLOW_TRACKING_URI": f"sqlite:///{fresh / 'mlflow.db'}"},
+    )
+    assert code == 0, out
+    forked = workdir / "counts.json"
+    code, out = zygote.kill_at(EVALUATE, 0, forked, list(SINGLE), timeout=300)
+    assert code == 0, out
+    expected = json.loads(marker.read_text())
+    assert expected[EVALUATE] == 1 and expected[SQL] > 100, expected
+    assert json.loads(forked.read_text()) == expected
+
+
+def test_optuna_sweep_survives_sigterm_anywhere(
+    workdir: Path, fresh_store: str, zygote: Zygote
+) -> None:
     from optuna.trial import TrialState
 
     for i, (point, n) in enumerate(OPTUNA_MOMENTS):
         moment = f"moment {i} ({point} call {n})"
-        _kill_at(workdir, point, n, OPTUNA)
+        _kill_at(workdir, point, n, OPTUNA, zygote)
         _assert_nothing_running(fresh_store, moment)
         _assert_study_consistent(workdir, moment)
         study = _study(workdir)
@@ -234,19 +373,19 @@ def test_sigterm_while_the_store_is_created_leaves_it_whole(
 
 
 def _kill_each_then_rerun(
-    workdir: Path, store: str, moments: list[tuple[str, int]], args: list[str]
+    zygote: Zygote, store: str, moments: list[tuple[str, int]], args: list[str]
 ) -> list[Any]:
     """Kill the command at each moment in turn, then run it once more; that run's runs."""
     for i, (point, n) in enumerate(moments):
-        _kill_at(workdir, point, n, args)
+        _kill_at(zygote.workdir, point, n, args, zygote)
         _assert_nothing_running(store, f"moment {i} ({point} call {n})")
     before = {r.info.run_id for r in _runs(store)}
-    _run(workdir, args)
+    _run(zygote.workdir, args)
     return [r for r in _runs(store) if r.info.run_id not in before]
 
 
-def test_grid_sweep_survives_sigterm_anywhere(workdir: Path, fresh_store: str) -> None:
-    new = _kill_each_then_rerun(workdir, fresh_store, GRID_MOMENTS, GRID)
+def test_grid_sweep_survives_sigterm_anywhere(fresh_store: str, zygote: Zygote) -> None:
+    new = _kill_each_then_rerun(zygote, fresh_store, GRID_MOMENTS, GRID)
     assert sorted((r.data.tags["runner.kind"], r.info.status) for r in new) == [
         ("job", "FINISHED"),
         ("job", "FINISHED"),
@@ -254,7 +393,7 @@ def test_grid_sweep_survives_sigterm_anywhere(workdir: Path, fresh_store: str) -
     ]
 
 
-def test_single_job_survives_sigterm_anywhere(workdir: Path, fresh_store: str) -> None:
-    new = _kill_each_then_rerun(workdir, fresh_store, SINGLE_MOMENTS, SINGLE)
+def test_single_job_survives_sigterm_anywhere(fresh_store: str, zygote: Zygote) -> None:
+    new = _kill_each_then_rerun(zygote, fresh_store, SINGLE_MOMENTS, SINGLE)
     assert [r.info.status for r in new] == ["FINISHED"]
     assert "val_accuracy" in new[0].data.metrics

@@ -300,3 +300,47 @@ def test_dropped_signals_do_not_interrupt(sigterm_interrupts: None) -> None:
     with interrupts.held(drop=True):
         _kill_self()
     assert signal.getsignal(signal.SIGTERM) is interrupts.terminate
+
+
+@pytest.mark.parametrize("calls", [200, 20000])
+def test_a_second_signal_during_a_trial_voids_it(
+    tracking_uri: str, workdir: Path, calls: int
+) -> None:
+    """ "A second signal means now" inside a trial (the first held in the trial's run
+    creation, the second ``calls`` function calls later: inside it, or later in the job):
+    exit 130, the trial void and out of the count (never a FAIL that counts), no run
+    RUNNING, the trial's run (if made) KILLED. Real CLI, ``tests/faults.py --kill-twice``."""
+    import os
+
+    import optuna
+    from mlflow.tracking import MlflowClient
+
+    from runner.sweeps.optuna.storage import counted
+    from tests.conftest import ROOT, run_python
+
+    marker = workdir / "marker"
+    # The first signal as the first trial's run is created (run 1 is the study's parent).
+    fault = ["runner.tracking.store:Store.create_run", "2", str(calls), str(marker)]
+    sweep = ["-m", "hydra/sweeper=optuna", "hydra.sweeper.n_trials=2", "model.C=choice(0.5, 1.0)"]
+    sweep += ["hydra.sweeper.storage=sqlite:///optuna.db", "tracking.log_model=false"]
+    sweep += ["tracking.log_figures=false", "tracking.log_importances=false"]
+    proc = run_python(
+        ["-c", "import faults; faults.main_twice()", "--kill-twice", *fault, "--", *sweep],
+        cwd=workdir,
+        env={"PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), str(ROOT)])},
+        timeout=300,
+        check=False,
+    )
+    out = proc.stdout + proc.stderr
+    assert marker.read_text() == "fired twice", out
+    assert proc.returncode == 130, out
+    assert "interrupted: open runs were ended as KILLED" in out, out
+    storage = f"sqlite:///{workdir / 'optuna.db'}"
+    (summary,) = optuna.get_all_study_summaries(storage)
+    trials = optuna.load_study(study_name=summary.study_name, storage=storage).trials
+    assert trials and not [t for t in trials if t.state.name == "RUNNING"]
+    assert all(t.system_attrs.get("runner.void") for t in trials if t.state.name == "FAIL")
+    assert not [t for t in counted(trials) if t.state.name == "FAIL"]
+    client = MlflowClient(tracking_uri)
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert {r.info.status for r in runs} == {"KILLED"}, [r.info.status for r in runs]
