@@ -57,7 +57,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--check",
         action="store_true",
-        help="compare every metric with the source run (*_time_s aside); exit 1 on a difference",
+        help="compare every metric with the source run (*_time_s and system/* aside); "
+        "exit 1 on a difference",
     )
     p.add_argument(
         "--rtol",
@@ -319,10 +320,10 @@ def _check(
         print(
             f"\ncheck FAILED: {len(bad)} of {len(rows)} metrics differ"
             + (f", {len(params)} params differ" if params else "")
-            + f" (compared {tol}; *_time_s left out)."
+            + f" (compared {tol}; *_time_s and system/* left out)."
         )
         return False
-    print(f"\ncheck passed: all {len(rows)} metrics match {tol} (*_time_s left out).")
+    print(f"\ncheck passed: all {len(rows)} metrics match {tol} (*_time_s and system/* left out).")
     return True
 
 

@@ -135,8 +135,10 @@ def redacted_keys(job: Mapping[str, Any]) -> list[str]:
 
 
 def is_timing(key: str) -> bool:
-    """Timing metrics (``*_time_s``) differ run to run; replay --check leaves them out."""
-    return key.endswith("_time_s")
+    """Timing metrics (``*_time_s``) and MLflow's system metrics (``system/*``: CPU, memory,
+    GPU samples, ``tracking.system_metrics=true``) measure the machine, not the model: they
+    differ run to run, so replay --check leaves them out."""
+    return key.endswith("_time_s") or key.startswith("system/")
 
 
 @dataclass
