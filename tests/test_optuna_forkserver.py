@@ -82,9 +82,7 @@ def test_workers_fork_from_a_preloaded_server(workdir: Path, tracking_uri: str) 
     assert all(r["blocked"] == [] for r in records), records
 
 
-def test_workers_share_the_cores_for_their_native_threads(
-    workdir: Path, tracking_uri: str
-) -> None:
+def test_workers_share_the_cores_for_their_native_threads(workdir: Path, tracking_uri: str) -> None:
     """Two workers each get half the cores for BLAS/OpenMP, not one thread per core each."""
     # The user's own setting is the other test; here the environment must leave it to us.
     assert not [v for v in THREAD_VARIABLES if v in os.environ], "unset them to run this"
