@@ -27,6 +27,25 @@ __all__ = ["close_dead_trials", "close_launched_jobs"]
 log = logging.getLogger(__name__)
 
 
+def _running_children(store: Any, experiment_id: str, parent: str) -> list[Any]:
+    """The RUNNING runs nested under ``parent``."""
+    return search_runs(
+        store.client,
+        [experiment_id],
+        f"tags.`{contract.PARENT_RUN_ID}` = '{parent}' and attributes.status = 'RUNNING'",
+    )
+
+
+def _kill(store: Any, run_id: str, why: str, *, trial: bool) -> None:
+    """End ``run_id`` KILLED, tagged ``why`` (and ``runner.trial_state=FAIL`` for a trial)."""
+    # Tag first: a crash between the calls leaves the run RUNNING, and close-stale still
+    # finds it.
+    store.set_tag(run_id, contract.CLOSED_REASON, why)
+    if trial:
+        store.set_tag(run_id, contract.TRIAL_STATE, "FAIL")
+    store.end_run(run_id, "KILLED")
+
+
 def close_dead_trials(config: DictConfig, study: Any, numbers: Collection[int], why: str) -> int:
     """End the RUNNING runs of trials ``numbers`` of ``study`` KILLED, tagged ``why``.
 
@@ -52,23 +71,12 @@ def close_dead_trials(config: DictConfig, study: Any, numbers: Collection[int], 
         if parent is None or attrs.get(contract.STUDY_URI_ATTR) != store.uri:
             return 0
         experiment_id = store.client.get_run(parent).info.experiment_id
-        runs = search_runs(
-            store.client,
-            [experiment_id],
-            f"tags.`{contract.PARENT_RUN_ID}` = '{parent}' and attributes.status = 'RUNNING'",
-        )
         wanted = {str(n) for n in numbers}
         closed = 0
-        for run in runs:
-            number = run.data.tags.get(contract.TRIAL_NUMBER)
-            if number not in wanted:
-                continue
-            # Tag first: a crash between the two calls leaves the run RUNNING, and
-            # close-stale still finds it.
-            store.set_tag(run.info.run_id, contract.CLOSED_REASON, why)
-            store.set_tag(run.info.run_id, contract.TRIAL_STATE, "FAIL")
-            store.end_run(run.info.run_id, "KILLED")
-            closed += 1
+        for run in _running_children(store, experiment_id, parent):
+            if run.data.tags.get(contract.TRIAL_NUMBER) in wanted:
+                _kill(store, run.info.run_id, why, trial=True)
+                closed += 1
         return closed
     except Exception as e:  # the study is what matters; close-stale can still end them
         log.warning("could not end the MLflow runs of dead trials %s: %s", sorted(numbers), e)
@@ -110,13 +118,7 @@ def close_launched_jobs(
         for uri, parents in SweepParents(root).all().items():
             store = store_for(uri)
             for experiment_id, parent in parents.items():
-                runs = search_runs(
-                    store.client,
-                    [experiment_id],
-                    f"tags.`{contract.PARENT_RUN_ID}` = '{parent}' "
-                    "and attributes.status = 'RUNNING'",
-                )
-                for run in runs:
+                for run in _running_children(store, experiment_id, parent):
                     tags = run.data.tags
                     trial = contract.TRIAL_NUMBER in tags
                     out = Path(tags.get(contract.OUTPUT_DIR) or "/")
@@ -126,12 +128,7 @@ def close_launched_jobs(
                         or not (trial or tags.get(contract.JOB_NUM) in wanted)
                     ):
                         continue
-                    # Tag first: a crash between the two calls leaves the run RUNNING, and
-                    # close-stale still finds it.
-                    store.set_tag(run.info.run_id, contract.CLOSED_REASON, why)
-                    if trial:
-                        store.set_tag(run.info.run_id, contract.TRIAL_STATE, "FAIL")
-                    store.end_run(run.info.run_id, "KILLED")
+                    _kill(store, run.info.run_id, why, trial=trial)
                     closed += 1
     except Exception as e:  # the interrupt goes on; close-stale can still end them
         log.warning("could not end the runs of the cancelled jobs of %s: %s", root, e)
