@@ -163,6 +163,26 @@ def test_failed_job_does_not_stop_the_grid(tracking_uri: str, client) -> None:  
     assert job.data.tags["runner.error"].startswith("ConfigError: required config values")
 
 
+def test_a_grid_run_again_in_its_sweep_dir_has_its_own_parent(tracking_uri: str, client) -> None:  # type: ignore[no-untyped-def]
+    # A fixed hydra.sweep.dir (or the default one, started within the same second): the
+    # second sweep's jobs nested under the first's ended parent, which stayed as it was.
+    grid = ("-m", "model.C=0.1,1.0", "hydra.sweep.dir=sweeps/c", "tracking.log_model=false")
+    run_cli(*grid)
+    (first,) = [r for r in runs_of(client, "iris") if r.data.tags["runner.kind"] == "sweep"]
+    run_cli(*grid)
+    runs = runs_of(client, "iris")
+    parents = [r for r in runs if r.data.tags["runner.kind"] == "sweep"]
+    assert len(parents) == 2 and {r.info.status for r in runs} == {"FINISHED"}
+    children: dict[str, list[str]] = {p.info.run_id: [] for p in parents}
+    for r in runs:
+        if r.data.tags["runner.kind"] == "job":
+            children[r.data.tags["mlflow.parentRunId"]].append(r.data.params["model.C"])
+    assert {k: sorted(v) for k, v in children.items()} == {
+        p.info.run_id: ["0.1", "1.0"] for p in parents
+    }
+    assert first.info.run_id in children
+
+
 def test_sigterm_ends_runs_killed(tracking_uri: str, client, workdir: Path) -> None:  # type: ignore[no-untyped-def]
     proc = subprocess.Popen(
         [sys.executable, "-m", "runner", "-m", "model=mlp", "model.epochs=100000", "seed=0,1"],

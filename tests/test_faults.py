@@ -49,8 +49,15 @@ TELL = "optuna.study.study:Study.tell"
 LOCK = "runner.locks:file_lock"
 
 N_TRIALS = 10
+#: Every command of a chain runs into the same sweep dir, as a rerun with a fixed
+#: ``hydra.sweep.dir`` does: Hydra's default names it by the second, and commands a zygote
+#: forks can start within one second of each other, or not, from run to run (a grid
+#: sweep's second command then nested its jobs under the first's ended parent, one
+#: ``end_run`` short: CI's failure).
+SWEEP_DIR = "hydra.sweep.dir=multirun/chain"
 OPTUNA = [
     "-m",
+    SWEEP_DIR,
     "hydra/sweeper=optuna",
     f"hydra.sweeper.n_trials={N_TRIALS}",
     "hydra.sweeper.storage=sqlite:///optuna.db",
@@ -79,7 +86,7 @@ OPTUNA_MOMENTS = [
     (SQL, 400),
 ]
 
-GRID = ["-m", "model.C=0.1,1.0", *FAST]
+GRID = ["-m", SWEEP_DIR, "model.C=0.1,1.0", *FAST]
 #: Moments of a two-job grid sweep (13).
 GRID_MOMENTS = [
     (SCHEMA, 1),

@@ -141,13 +141,12 @@ class MLflowCallback(Callback):
             log.error("MLflow tracking could not start the sweep: %s", e)
             return
         state.sweep = Sweep(uri=uri, dir=sweep_dir)
-        SweepParents(sweep_dir).set_overrides(logged_overrides(config))
         # The Optuna sweeper makes one parent per study (reused on resume and by other
         # sweep processes) and registers it before its first job.
-        managed = OmegaConf.select(config, "hydra.sweeper._target_", default=None)
-        if managed not in SELF_MANAGED_SWEEPERS and not _swept(
-            config, ("dataset", "experiment_name")
-        ):
+        sweeper = OmegaConf.select(config, "hydra.sweeper._target_", default=None)
+        managed = sweeper in SELF_MANAGED_SWEEPERS
+        SweepParents(sweep_dir).begin(logged_overrides(config), keep_parents=managed)
+        if not managed and not _swept(config, ("dataset", "experiment_name")):
             SweepParents(sweep_dir).get_or_create(
                 uri, exp_id, lambda rec: create_parent(store, exp_id, config, sweep_dir, rec)
             )

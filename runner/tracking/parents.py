@@ -50,10 +50,22 @@ class SweepParents:
                 tmp.write_text(json.dumps(data, indent=2, sort_keys=True))
                 tmp.replace(self.file)
 
-    def set_overrides(self, overrides: list[str]) -> None:
-        """Record the sweep's own command-line overrides (redacted), for parents made later."""
+    def begin(self, overrides: list[str], *, keep_parents: bool) -> None:
+        """Record a new sweep: its own command-line overrides (redacted), for parents made
+        later.
+
+        Args:
+            overrides: The sweep's overrides.
+            keep_parents: Keep the parents an earlier sweep in this directory registered (a
+                sweeper that registers its own, per study, shared by every process of it).
+                False: this sweep's jobs get parents of their own, never an earlier sweep's
+                ended one (a grid sweep run again into a fixed ``hydra.sweep.dir``, or
+                started in the same second as the last one).
+        """
         with self._locked() as data:
             data["overrides"] = [redact_override(o) for o in overrides]
+            if not keep_parents:
+                data.pop("parents", None)
 
     def get_or_create(
         self, uri: str, experiment_id: str, create: Callable[[list[str] | None], str]
