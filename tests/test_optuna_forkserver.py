@@ -24,12 +24,21 @@ import multiprocessing
 import os
 import signal
 import sys
+import time
 from pathlib import Path
 
 from sklearn.linear_model import LogisticRegression
 from threadpoolctl import threadpool_info
 
-PRELOADED = {m: m in sys.modules for m in ("sklearn.metrics", "mlflow", "runner.app")}
+PRELOADED = {m: m in sys.modules for m in ("sklearn.metrics", "mlflow", "runner.app", "git")}
+
+
+def _started(pid):
+    # When process pid started, on time.time's clock: /proc has it in clock ticks since
+    # boot (CLOCK_BOOTTIME).
+    ticks = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
+    since = time.time() - time.clock_gettime(time.CLOCK_BOOTTIME)
+    return since + ticks / os.sysconf("SC_CLK_TCK")
 
 
 def make(task, **kwargs):
@@ -42,6 +51,7 @@ class Probe(LogisticRegression):
         cmdline = Path(f"/proc/{ppid}/cmdline").read_bytes().replace(b"\\0", b" ").decode()
         record = {
             "ppid": ppid,
+            "server_started": _started(ppid),
             "parent_cmdline": cmdline,
             "sweep": multiprocessing.parent_process().pid,
             "preloaded": PRELOADED,
@@ -82,6 +92,19 @@ def test_workers_fork_from_a_preloaded_server(workdir: Path, tracking_uri: str) 
     assert all(r["blocked"] == [] for r in records), records
 
 
+def test_the_server_starts_as_the_sweep_begins(workdir: Path, tracking_uri: str) -> None:
+    """Started by the StartWorkers callback, listed before the MLflow callback, its imports
+    overlap this process's: it is up before the MLflow callback creates the experiment
+    (the sweeper, which started it before, comes after: it then started a second or two
+    later, and the first trial waited for its imports)."""
+    from mlflow.tracking import MlflowClient
+
+    (record, *_) = _probe_sweep(workdir)
+    experiment = MlflowClient(tracking_uri).get_experiment_by_name("iris")
+    assert experiment is not None
+    assert record["server_started"] < experiment.creation_time / 1000, record
+
+
 def test_workers_share_the_cores_for_their_native_threads(workdir: Path, tracking_uri: str) -> None:
     """Two workers each get half the cores for BLAS/OpenMP, not one thread per core each."""
     # The user's own setting is the other test; here the environment must leave it to us.
@@ -113,3 +136,57 @@ def test_launched_workers_on_this_host_share_it() -> None:
     assert workers_here(launcher(local), 3) == 3
     assert workers_here(launcher(slurm), 3) == 1  # each SLURM job has its own allocation
     assert workers_here(launcher(ray), 3) == 1
+
+
+def _config(**sweeper: Any) -> Any:
+    from omegaconf import OmegaConf
+
+    optuna = "hydra_plugins.runner_optuna_sweeper.optuna_sweeper.OptunaSweeper"
+    node = {"_target_": optuna, "n_jobs": 2, **sweeper}
+    basic = "hydra._internal.core_plugins.basic_launcher.BasicLauncher"
+    return OmegaConf.create({"hydra": {"sweeper": node, "launcher": {"_target_": basic}}})
+
+
+def test_the_server_is_started_early_only_for_a_pool_of_workers() -> None:
+    from omegaconf import OmegaConf
+
+    from runner.sweeps.optuna.warm import uses_pool
+
+    assert uses_pool(_config())
+    assert not uses_pool(_config(n_jobs=1))
+    assert not uses_pool(_config(n_jobs="two"))  # the sweeper's own check reports it
+    grid = _config(_target_="hydra_plugins.runner_grid_sweeper.grid_sweeper.GridSweeper")
+    assert not uses_pool(grid)
+    launched = _config()
+    launched.hydra.launcher = OmegaConf.create({"_target_": "joblib.Launcher"})
+    assert not uses_pool(launched)  # workers are the launcher's jobs, not forks of it
+
+
+def _runner_app(*overrides: str) -> Any:
+    from hydra import compose, initialize_config_module
+
+    from runner.config import register
+
+    register()
+    with initialize_config_module("runner.conf", version_base="1.3"):
+        return compose("config", overrides=list(overrides), return_hydra_config=True)
+
+
+def test_the_server_preloads_what_the_trials_use(workdir: Path, tracking_uri: str) -> None:
+    from runner.sweeps.optuna.warm import preloads
+
+    tracked = preloads(_runner_app())
+    for name in ("mlflow", "git", "runner.app", "mlflow.sklearn", "matplotlib.figure"):
+        assert name in tracked, tracked
+    assert "mlflow.store.tracking.sqlalchemy_store" in tracked
+    assert "sqlalchemy.dialects.sqlite" in tracked
+    server = preloads(_runner_app("backend=server", "backend.uri=http://127.0.0.1:5000"))
+    assert "mlflow.store.tracking.rest_store" in server
+    assert "mlflow.store.tracking.sqlalchemy_store" not in server
+    untracked = preloads(_runner_app("backend=none"))
+    assert "runner.app" in untracked and "mlflow" not in untracked, untracked
+    # The forkserver skips a module that does not import: a name gone wrong would cost
+    # every worker its import at its first trial, and nothing would say so.
+    from tests.conftest import run_python
+
+    run_python(["-c", f"import {', '.join(tracked + server)}"], cwd=workdir)

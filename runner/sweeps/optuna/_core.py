@@ -162,15 +162,17 @@ class OptunaSweep:
 
     def _start_pool(self) -> cf.ProcessPoolExecutor:
         """The ``n_jobs`` workers' pool, forked from a forkserver that is importing what a
-        trial needs while this process opens the study (:func:`_worker.start_forkserver`).
+        trial needs while this process opens the study (:func:`_worker.start_forkserver`);
+        one the :class:`~runner.sweeps.optuna.warm.StartWorkers` callback started earlier,
+        as the sweep began, when the app lists it.
 
         No worker is started here: each is forked at a trial's submit (the pool starts them
         as needed), by then in milliseconds; a warm-up task submitted now would wait here
         for the server's imports instead of overlapping them with the study's opening.
         """
-        from runner.sweeps.optuna import _worker
+        from runner.sweeps.optuna import _worker, warm
 
-        ctx = _worker.start_forkserver(self._preloads())
+        ctx = _worker.start_forkserver(warm.preloads(self.config))
         return cf.ProcessPoolExecutor(
             max_workers=self.n_jobs,
             mp_context=ctx,
@@ -178,36 +180,6 @@ class OptunaSweep:
             # The job's model and dataset modules: the user's code, imported per worker.
             initargs=(setup.target_modules(self.config), self.n_jobs),
         )
-
-    def _preloads(self) -> list[str]:
-        """What every trial of this sweep imports: the forkserver imports it once.
-
-        Libraries and the runner's own modules only (none runs anything at import); the
-        runner's app's lazy imports when the task is it, the MLflow stack when tracking.
-        """
-        import sys
-
-        modules = ["concurrent.futures.process", "cloudpickle", "optuna", "hydra.core.utils"]
-        modules += ["hydra.core.singleton", "runner.sweeps.optuna._worker"]
-        modules += ["runner.sweeps.hydra_job", "runner.trial"]
-        modules += sorted(  # what this process already uses: its tracking store's modules
-            name
-            for name in sys.modules
-            if name.startswith(("runner.", "mlflow.store.tracking.")) and "__main__" not in name
-        )
-        from runner.tracking.session import is_runner_app
-
-        if is_runner_app(self.config):
-            modules += ["runner.app", "runner.data", "runner.metrics", "sklearn.metrics"]
-            modules += ["sklearn.model_selection", "sklearn.datasets"]
-            tracked = bool(OmegaConf.select(self.config, "backend.enabled", default=False))
-            if tracked and OmegaConf.select(self.config, "tracking.log_model", default=False):
-                modules.append("mlflow.sklearn")
-            if tracked and OmegaConf.select(self.config, "tracking.log_figures", default=False):
-                modules += ["runner.figures", "matplotlib.figure"]
-        if "runner.tracking.callback" in sys.modules:
-            modules += ["mlflow", "runner.tracking.callback", "runner.tracking.job"]
-        return list(dict.fromkeys(modules))
 
     def _stop_workers(self) -> None:
         """Interrupted or failed: SIGTERM the workers (a job ends its run KILLED), once, and

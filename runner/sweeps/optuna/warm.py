@@ -1,0 +1,103 @@
+"""The ``n_jobs`` workers' forkserver, started as the sweep starts: :class:`StartWorkers`.
+
+The Optuna sweeper forks its ``hydra.sweeper.n_jobs`` workers from a forkserver that imports
+what a trial needs once (:func:`runner.sweeps.optuna._worker.start_forkserver`). Started by
+the sweeper itself, the server's imports (3-4 s here) overlapped only the opening of the
+study: the pool's first trial waited for them, and ``n_jobs=2`` lost most of its gain on a
+30-trial logreg sweep (``benchmarks/bench_scale.py``). Hydra calls a callback's
+``on_multirun_start`` before it instantiates the sweeper, at the first moment the composed
+config is known; started there, the server imports beside this process's own start (MLflow,
+the store, the sweep's parent run: 3 s here), and the sweeper's pool reuses it.
+
+The callback is listed first in the runner's app (``conf/config.yaml``); any Hydra app may
+list it too (docs/own-app.md). Without it the sweeper starts the server itself, as before.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf
+
+from runner.errors import RunnerError
+
+__all__ = ["StartWorkers", "preloads", "uses_pool"]
+
+#: The sweeper whose ``n_jobs`` pool this starts (hydra_plugins/runner_optuna_sweeper).
+SWEEPER = "hydra_plugins.runner_optuna_sweeper.optuna_sweeper.OptunaSweeper"
+
+
+class StartWorkers(Callback):
+    """Hydra callback: start the ``n_jobs`` workers' forkserver before the sweep opens."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        """Start the forkserver when the sweep is this project's Optuna sweep with a pool."""
+        if not uses_pool(config):
+            return
+        from runner.sweeps.optuna import _worker
+
+        _worker.start_forkserver(preloads(config))
+
+
+def uses_pool(config: DictConfig) -> bool:
+    """Whether ``config``'s sweep runs trials in a pool of ``n_jobs > 1`` worker processes:
+    this project's Optuna sweeper, Hydra's basic launcher (any other launches workers)."""
+    from runner.sweeps.optuna._launched import launcher_target
+
+    if OmegaConf.select(config, "hydra.sweeper._target_", default=None) != SWEEPER:
+        return False
+    try:
+        n_jobs = int(OmegaConf.select(config, "hydra.sweeper.n_jobs", default=1) or 1)
+    except (ValueError, TypeError):  # the sweeper's own validation reports it
+        return False
+    return n_jobs > 1 and launcher_target(config) is None
+
+
+def preloads(config: DictConfig) -> list[str]:
+    """What every trial of ``config``'s sweep imports: the forkserver imports it once.
+
+    Libraries and the runner's own modules only (none runs anything at import); the
+    runner's app's lazy imports when the task is it, the MLflow stack and the tracking
+    store's module when tracking. A module missing here is imported by each worker at its
+    first trial (1.5-2 s here for matplotlib, GitPython, MLflow's pyfunc and Hydra's plugins).
+    """
+    modules = ["concurrent.futures.process", "cloudpickle", "optuna", "hydra.core.utils"]
+    modules += ["hydra.core.singleton", "runner.sweeps.optuna._worker"]
+    modules += ["runner.sweeps.hydra_job", "runner.trial"]
+    modules += sorted(  # what this process already uses; Hydra's plugins, which a worker's
+        # restore of Hydra's singletons discovers (imports) again
+        name
+        for name in sys.modules
+        if name.startswith(("runner.", "hydra_plugins.", "hydra._internal.core_plugins."))
+        and "__main__" not in name
+    )
+    from runner.tracking.session import enabled, is_runner_app, uri_of
+
+    try:
+        tracked = enabled(config)
+    except RunnerError:  # a bad callback argument: the first trial reports it
+        tracked = False
+    if is_runner_app(config):
+        modules += ["runner.app", "runner.data", "runner.metrics", "sklearn.metrics"]
+        modules += ["sklearn.model_selection", "sklearn.datasets"]
+        if tracked and OmegaConf.select(config, "tracking.log_model", default=False):
+            modules += ["mlflow.sklearn", "mlflow.pyfunc"]
+        if tracked and any(
+            OmegaConf.select(config, f"tracking.{key}", default=False)
+            for key in ("log_figures", "log_importances")
+        ):  # drawn with matplotlib, rendered to PNG by Agg (runner.figures)
+            modules += ["runner.figures", "matplotlib.figure", "matplotlib.backends.backend_agg"]
+    if tracked:
+        # GitPython: MLflow's git tags of every run (mlflow.tracking.context.git_context).
+        modules += ["mlflow", "git", "runner.tracking.callback", "runner.tracking.job"]
+        try:
+            scheme = uri_of(config).split(":", 1)[0].split("+", 1)[0]
+        except RunnerError:
+            scheme = "sqlite"
+        if scheme in ("http", "https"):
+            modules.append("mlflow.store.tracking.rest_store")
+        else:  # a database: SQLAlchemy's dialect of it (sqlite, postgresql, mysql, mssql)
+            modules += ["mlflow.store.tracking.sqlalchemy_store", f"sqlalchemy.dialects.{scheme}"]
+    return list(dict.fromkeys(modules))
