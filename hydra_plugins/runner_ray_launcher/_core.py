@@ -59,8 +59,9 @@ _waiting_lock = threading.Lock()
 _exit_hook = False
 
 
-class _MainThreadEnded(BaseException):
-    """The process is exiting while a thread still waits for its batch: cancel the batch."""
+class _StopWaiting(BaseException):
+    """A thread other than the main one waits for its batch, and the process is exiting or
+    the batch was cancelled (:meth:`RayLauncher.cancel`): cancel the batch's jobs."""
 
 
 _FIX = (
@@ -397,12 +398,13 @@ def launch(
             # The runner holds SIGINT/SIGTERM until a safe point (runner.interrupts): waiting
             # here is one, so Ctrl-C stops the sweep within a poll, not after the batch.
             checkpoint()
-            if this is not main and not main.is_alive():
+            if this is not main and (not main.is_alive() or launcher.cancelled.is_set()):
                 # Waiting in a thread of its own (the Optuna sweeper's launch), which the
-                # main thread's interrupt never reaches: the process is exiting (Python
-                # marks the main thread ended before the exit hooks run), and Ray's own
-                # exit hook would disconnect the driver, killing the jobs mid-run.
-                raise _MainThreadEnded
+                # main thread's interrupt never reaches: the sweep was interrupted
+                # (RayLauncher.cancel), or the process is exiting (Python marks the main
+                # thread ended before the exit hooks run), and Ray's own exit hook would
+                # disconnect the driver, killing the jobs mid-run.
+                raise _StopWaiting
             ready, remaining = ray.wait(remaining, num_returns=1, timeout=_POLL_S)
             for ref in ready:
                 overrides = job_overrides[order[ref]]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Sequence
 from typing import Any
 
@@ -72,6 +73,8 @@ class RayLauncher(Launcher):
         self.config: DictConfig | None = None
         self.task_function: TaskFunction | None = None
         self.hydra_context: HydraContext | None = None
+        #: Set by :meth:`cancel`: the batch waited for in another thread is cancelled.
+        self.cancelled = threading.Event()
 
     def setup(
         self,
@@ -84,6 +87,15 @@ class RayLauncher(Launcher):
         self.config = config
         self.task_function = task_function
         self.hydra_context = hydra_context
+
+    def cancel(self) -> None:
+        """Cancel the batch that a thread other than the main one waits for.
+
+        For the Optuna sweeper's launch thread, which the main thread's interrupt never
+        reaches: the thread cancels its jobs (their runs ended KILLED, as on an interrupt)
+        and returns, so that the interrupted sweep can void what they left RUNNING.
+        """
+        self.cancelled.set()
 
     def launch(
         self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int

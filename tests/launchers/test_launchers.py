@@ -245,6 +245,18 @@ def test_an_interrupted_optuna_sweep_on_ray_ends_every_run_killed(
         tags = run.data.tags  # type: ignore[attr-defined]
         assert CLOSED_BY_LAUNCHER in tags["runner.closed_reason"], tags
         assert tags["runner.trial_state"] == "FAIL", tags
+    # The killed workers' trials do not wait RUNNING for the study's next run: voided now,
+    # by the launching process, and their params queued again.
+    import optuna
+    from optuna.trial import TrialState
+
+    storage = optuna.storages.RDBStorage(f"sqlite:///{study}")
+    states = {
+        t.number: t.state
+        for t in optuna.load_study(study_name="ray_optuna_stopped", storage=storage).trials
+    }
+    assert TrialState.RUNNING not in states.values(), (states, out)
+    assert list(states.values()).count(TrialState.WAITING) == len(trials), (states, out)
 
 
 @pytest.mark.parametrize("cause", ["unreachable", "not-installed"])

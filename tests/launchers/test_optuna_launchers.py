@@ -357,3 +357,72 @@ def test_workers_run_as_ray_tasks_on_one_postgres_study(
         "worker-0",
         "worker-1",
     ]
+
+
+def _open_trial_runs(tracking_uri: str, experiment: str) -> int:
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri)
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        return 0
+    runs = client.search_runs([exp.experiment_id], "attributes.status = 'RUNNING'")
+    return sum(r.data.tags.get("runner.kind") == "job" for r in runs)
+
+
+@pytest.mark.parametrize("engine", ["ray", "joblib", "submitit_local"])
+def test_ctrl_c_mid_trial_leaves_nothing_running(
+    engine: str, workdir: Path, tracking_uri: str, request: pytest.FixtureRequest
+) -> None:
+    """Ctrl-C (SIGINT to the launching terminal's process group) while both workers are in
+    a trial: exit 130, the parent KILLED, every trial's run KILLED or FINISHED, and every
+    interrupted trial voided (FAIL) and queued again for a resume; nothing RUNNING."""
+    from optuna.trial import TrialState
+
+    if engine == "ray":
+        # The session's cluster: its workers are not in the terminal's process group, so
+        # only the launching process's cancel reaches their trials.
+        address = request.getfixturevalue("ray_cluster")
+        launcher = ["hydra/launcher=ray", f"hydra.launcher.address={address}"]
+    elif engine == "joblib":
+        launcher = ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"]
+    else:
+        launcher = ["hydra/launcher=submitit_local", "hydra.launcher.timeout_min=10"]
+    storage = f"sqlite:///{workdir / 'optuna.db'}"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "runner", "-m", "hydra/sweeper=optuna", *launcher,
+         "hydra.sweeper.n_workers=2", "hydra.sweeper.n_trials=4",
+         f"hydra.sweeper.storage={storage}", "hydra.sweeper.study_name=stopped",
+         "experiment_name=stopped",
+         # Trials of a minute: the interrupt lands mid-trial.
+         "model=mlp", "model.epochs=3000", "dataset=synthetic", "dataset.n_samples=400",
+         "lr=tag(log, interval(0.001, 0.1))", *CHEAP],
+        cwd=workdir, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        start_new_session=True,  # its own group, as a terminal's foreground job
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 180
+        while _open_trial_runs(tracking_uri, "stopped") < 2:
+            assert proc.poll() is None, proc.communicate()[0]
+            assert time.monotonic() < deadline, "the two workers never were in a trial"
+            time.sleep(0.3)
+        os.killpg(proc.pid, signal.SIGINT)
+        out = proc.communicate(timeout=180)[0]
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+    assert proc.returncode == 130, out
+
+    trials = _storage(storage, "stopped").get_trials()
+    assert not [t for t in trials if t.state == TrialState.RUNNING], trials
+    failed = [t for t in trials if t.state == TrialState.FAIL]
+    assert len(failed) == 2, trials  # the two interrupted ones, voided ...
+    queued = [t for t in trials if t.state == TrialState.WAITING]
+    assert sorted(t.user_attrs.get("runner.retry_of") for t in queued) == sorted(
+        t.number for t in failed
+    ), trials  # ... and queued again with their params
+    parents, children = _runs(tracking_uri, "stopped")
+    assert [p.info.status for p in parents] == ["KILLED"], out
+    assert sorted(c.info.status for c in children) == ["KILLED", "KILLED"], out

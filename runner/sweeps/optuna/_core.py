@@ -8,6 +8,7 @@ import logging
 import math
 import os
 import signal
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
@@ -31,6 +32,10 @@ from runner.trial import Outcome, TrialHandle, TrialRef
 __all__ = ["OptunaSweep", "SweepError", "WorkerTask"]
 
 log = logging.getLogger("runner.optuna_sweep")
+
+#: How long an interrupted launching process waits for its worker jobs on this host to
+#: void their trials and end their runs (OptunaSweep._wait_interrupted).
+DRAIN_S = 60.0
 
 
 class SweepError(RunnerError):
@@ -383,8 +388,6 @@ class OptunaSweep:
         storage, writes optimization_results.yaml and ends the parent; the workers ask for
         and run the trials (:meth:`work`).
         """
-        import threading
-
         from hydra.core.plugins import Plugins
 
         from runner.sweeps.optuna import _launched, _worker
@@ -411,12 +414,26 @@ class OptunaSweep:
             config=self.config,
         )
         outcome: dict[str, Any] = {}
+        overrides: list[list[str]] = []  # the worker jobs', once the study is open
+
+        def launch() -> None:
+            try:
+                outcome["returns"] = launcher.launch(overrides, initial_job_idx=0)
+            except BaseException as e:  # a worker died (submitit, joblib raise)
+                outcome["error"] = e
+
+        thread = threading.Thread(target=launch, name="runner-launch", daemon=True)
 
         def abort(e: BaseException) -> None:
             # Workers ask for no more trials; those this terminal's signal reached end
             # their trial KILLED themselves.
             if isinstance(e, KeyboardInterrupt):
                 self._set_stop(study, "the launching process was interrupted")
+                cancel = getattr(launcher, "cancel", None)  # the Ray launcher's
+                if callable(cancel):
+                    cancel()
+                if callable(cancel) or launcher_target in st.LOCAL_LAUNCHERS:
+                    self._wait_interrupted(thread, study)
             else:
                 self._set_stop(study, f"{type(e).__name__}: {e}")
 
@@ -432,17 +449,9 @@ class OptunaSweep:
                 n_workers,
                 launcher_target.rsplit(".", 1)[-1],
             )
-            overrides = [
+            overrides[:] = [
                 _launched.worker_overrides(list(o.space.fixed), i) for i in range(n_workers)
             ]
-
-            def launch() -> None:
-                try:
-                    outcome["returns"] = launcher.launch(overrides, initial_job_idx=0)
-                except BaseException as e:  # a worker died (submitit, joblib raise)
-                    outcome["error"] = e
-
-            thread = threading.Thread(target=launch, name="runner-launch", daemon=True)
             with (
                 interrupts.installed(),
                 Progress(o.name, self.n_trials, str(self.sc.progress)) as progress,
@@ -473,6 +482,34 @@ class OptunaSweep:
                     f"{len(self._finished(study))} of {self.n_trials} trials finished; "
                     "re-running resumes the study."
                 )
+
+    def _wait_interrupted(self, thread: threading.Thread, study: Any) -> None:
+        """Interrupted: wait for the worker jobs to stop, then void what a dead one left
+        RUNNING.
+
+        The terminal's Ctrl-C reached the workers too where they share its process group
+        (joblib's and submitit's local jobs): each voids its trial and ends its run KILLED.
+        Leaving before they were done let them be cut off half-way (joblib kills the other
+        workers as soon as one job raises; the process's exit ends the rest), with a
+        trial left RUNNING and its params never queued again. Ray's jobs are cancelled by
+        the launch thread (``RayLauncher.cancel``), force-cancelled (killed) after its
+        ``cancel_wait_s``. A worker killed on this host, or one whose heartbeat stopped, is
+        then :meth:`_reap`'s: its trial voided and queued again, its run ended KILLED, so
+        a trial of a killed worker no longer waits RUNNING for the study's next run. A
+        second Ctrl-C stops the wait.
+        """
+        deadline = time.monotonic() + DRAIN_S
+        while thread.is_alive() and time.monotonic() < deadline:
+            thread.join(timeout=0.5)
+            interrupts.checkpoint()
+        if thread.is_alive():
+            log.warning(
+                "study %s: worker jobs still running %g s after the interrupt; "
+                "the next run of the sweep re-runs their trials",
+                study.study_name,
+                DRAIN_S,
+            )
+        self._reap(study)
 
     def _set_stop(self, study: Any, why: str | None) -> None:
         """Tell the workers to ask for no more trials (None: clear it)."""

@@ -329,15 +329,25 @@ def tell(study: Any, trial: Any, **kwargs: Any) -> None:
 
 
 def void_and_retry(study: Any, storage: Any, trial: Any) -> None:
-    """Mark a trial that never finished FAIL, out of the count, and queue its params again."""
+    """Mark a trial that never finished FAIL, out of the count, and queue its params again.
+
+    Its retry is queued first, and only once: a process killed half-way (joblib kills the
+    other workers as soon as one job raises) leaves the trial RUNNING with its owner dead,
+    and whoever voids it again (:func:`recover_stale`) finds the retry there. Queued last,
+    a kill between the FAIL and the queueing lost the trial's params for good.
+    """
     from optuna.trial import TrialState
 
     if trial.state != TrialState.RUNNING:
         return  # it finished after all (the interrupt came after its tell)
+    retried = any(
+        t.user_attrs.get(contract.RETRY_ATTR) == trial.number
+        for t in study.get_trials(deepcopy=False)
+    )
+    if trial.params and not retried:
+        study.enqueue_trial(dict(trial.params), user_attrs={contract.RETRY_ATTR: trial.number})
     storage.set_trial_system_attr(trial._trial_id, contract.VOID_ATTR, True)
     tell(study, trial.number, state=TrialState.FAIL)
-    if trial.params:
-        study.enqueue_trial(dict(trial.params), user_attrs={contract.RETRY_ATTR: trial.number})
 
 
 def local_owner_alive(trial: Any) -> bool:
