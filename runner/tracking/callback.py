@@ -145,9 +145,10 @@ class MLflowCallback(Callback):
         # sweep processes) and registers it before its first job.
         sweeper = OmegaConf.select(config, "hydra.sweeper._target_", default=None)
         managed = sweeper in SELF_MANAGED_SWEEPERS
-        SweepParents(sweep_dir).begin(logged_overrides(config), keep_parents=managed)
+        parents = SweepParents(sweep_dir)
+        parents.begin(logged_overrides(config), keep_parents=managed)
         if not managed and not _swept(config, ("dataset", "experiment_name")):
-            SweepParents(sweep_dir).get_or_create(
+            parents.get_or_create(
                 uri, exp_id, lambda rec: create_parent(store, exp_id, config, sweep_dir, rec)
             )
 
