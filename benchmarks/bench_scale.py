@@ -203,7 +203,15 @@ def scaling(args: argparse.Namespace) -> None:
             ways.append("ray")
     sides = [(w, None) for w in ways]
     if args.baseline_tree:
-        sides.insert(0, ("pool", str(Path(args.baseline_tree).resolve())))
+        tree = Path(args.baseline_tree).resolve()
+        if not (tree / "runner" / "conf").is_dir():
+            # The editable install maps runner.conf to this checkout's conf/: a tree on
+            # PYTHONPATH without its own runner/conf ran the older code on today's configs.
+            sys.exit(
+                f"--baseline-tree {tree}: no runner/conf there, so its runs would compose "
+                f"this checkout's configs. Fix: cp -r {tree}/conf {tree}/runner/conf"
+            )
+        sides.insert(0, ("pool", str(tree)))
     runs: dict[tuple[str, str | None], dict[int, list[Run]]] = {
         s: {k: [] for k in KS} for s in sides
     }
