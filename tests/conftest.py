@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator, Sequence
@@ -78,6 +80,22 @@ def _reset_tracking_state() -> Iterator[None]:
     from runner.tracking import session
 
     session.reset()
+
+
+@contextlib.contextmanager
+def sigint_as_in_a_terminal() -> Iterator[None]:
+    """SIGINT at Python's default while the block starts children, as in a terminal.
+
+    A suite started in the background of a non-interactive shell (``.ci/run ... &``) has
+    SIGINT ignored, every child inherits that, and the runner then leaves it ignored
+    (``runner.interrupts.install``, for nohup and background jobs): a test that presses
+    Ctrl-C would see the sweep run on to exit 0. CI failed two Ctrl-C tests so.
+    """
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def run_python(

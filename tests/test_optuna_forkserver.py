@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from runner.sweeps.optuna.threads import THREAD_VARIABLES, cores
-from tests.conftest import run_cli
+from tests.conftest import run_cli, run_python, sigint_as_in_a_terminal
 
 FAST = ("tracking.log_model=false", "tracking.log_figures=false", "tracking.log_importances=false")
 
@@ -187,6 +187,50 @@ def test_the_server_preloads_what_the_trials_use(workdir: Path, tracking_uri: st
     assert "runner.app" in untracked and "mlflow" not in untracked, untracked
     # The forkserver skips a module that does not import: a name gone wrong would cost
     # every worker its import at its first trial, and nothing would say so.
-    from tests.conftest import run_python
-
     run_python(["-c", f"import {', '.join(tracked + server)}"], cwd=workdir)
+
+
+#: A model module that presses Ctrl-C (SIGINT to the sweep's whole process group, as a
+#: terminal does) while the first worker imports it, i.e. while the workers start.
+CTRL_C_AT_IMPORT = """\
+import os
+import signal
+from pathlib import Path
+
+from sklearn.linear_model import LogisticRegression
+
+_marker = Path(os.environ["PROBE_DIR"], "pressed")
+if not _marker.exists():
+    _marker.write_text(Path(f"/proc/{os.getppid()}/cmdline").read_bytes().decode(errors="replace"))
+    os.killpg(0, signal.SIGINT)
+
+
+def make(task, **kwargs):
+    return LogisticRegression(**kwargs)
+"""
+
+
+def test_ctrl_c_while_the_workers_start_is_quiet(workdir: Path, tracking_uri: str) -> None:
+    """Exit 130, one interruption line, no traceback from a worker or the server."""
+
+    (workdir / "ctrlc.py").write_text(CTRL_C_AT_IMPORT)
+    path = os.pathsep.join(filter(None, [str(workdir), os.environ.get("PYTHONPATH")]))
+    with sigint_as_in_a_terminal():  # not ignored, as a background suite has it
+        proc = run_python(
+            [
+                "-m", "runner", "-m", "hydra/sweeper=optuna", "hydra.sweeper.n_trials=4",
+                "hydra.sweeper.n_jobs=2", "model._target_=ctrlc.make",
+                "model.C=tag(log, interval(0.01, 10))", *FAST,
+            ],
+            cwd=workdir,
+            env={"PYTHONPATH": path, "PROBE_DIR": str(workdir)},
+            timeout=120,
+            check=False,
+            start_new_session=True,  # the group signalled is the sweep's alone
+        )  # fmt: skip
+    out = proc.stdout + proc.stderr
+    # Pressed in a worker (a child of the forkserver), not in the sweep process.
+    assert "forkserver" in (workdir / "pressed").read_text(), out
+    assert proc.returncode == 130, out
+    assert "Traceback" not in out, out
+    assert "KeyboardInterrupt" not in out, out

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from tests.backends.conftest import postgres  # noqa: F401  - the fixture, for the SLURM test
-from tests.conftest import run_cli
+from tests.conftest import run_cli, sigint_as_in_a_terminal
 from tests.services import Service
 
 #: Keep the jobs cheap: no model, figures or importances.
@@ -380,12 +380,7 @@ def test_ctrl_c_mid_trial_leaves_nothing_running(
         launcher = ["hydra/launcher=submitit_local", "hydra.launcher.timeout_min=10"]
     storage = f"sqlite:///{workdir / 'optuna.db'}"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    # SIGINT at its default, as in a terminal: a suite started in the background of a
-    # non-interactive shell (`.ci/run ... &`) has it ignored, which every child inherits,
-    # and the runner then leaves it ignored (runner.interrupts.install): the sweep ran on
-    # to exit 0 (a CI run of this test, and the Ctrl-C test removed in 056b0db).
-    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
-    try:
+    with sigint_as_in_a_terminal():  # not ignored, as a background suite has it
         proc = subprocess.Popen(
             [sys.executable, "-m", "runner", "-m", "hydra/sweeper=optuna", *launcher,
              "hydra.sweeper.n_workers=2", "hydra.sweeper.n_trials=4",
@@ -397,8 +392,6 @@ def test_ctrl_c_mid_trial_leaves_nothing_running(
             cwd=workdir, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
             start_new_session=True,  # its own group, as a terminal's foreground job
         )  # fmt: skip
-    finally:
-        signal.signal(signal.SIGINT, previous)
     try:
         deadline = time.monotonic() + 180
         while _open_trial_runs(tracking_uri, "stopped") < 2:
