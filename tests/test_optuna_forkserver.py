@@ -190,6 +190,27 @@ def test_the_server_preloads_what_the_trials_use(workdir: Path, tracking_uri: st
     run_python(["-c", f"import {', '.join(tracked + server)}"], cwd=workdir)
 
 
+def test_a_launched_worker_imports_ahead_and_survives_a_failing_module(
+    workdir: Path, tracking_uri: str, monkeypatch: Any
+) -> None:
+    import sys
+
+    from runner.sweeps.optuna.warm import import_ahead
+
+    (workdir / "ahead_ok.py").write_text("LOADED = True\n")
+    (workdir / "ahead_boom.py").write_text("raise RuntimeError('boom at import')\n")
+    monkeypatch.syspath_prepend(str(workdir))
+    from mlflow.utils import requirements_utils
+
+    monkeypatch.setattr(requirements_utils, "_MODULES_TO_PACKAGES", None)
+    monkeypatch.setattr(requirements_utils, "_PACKAGES_TO_MODULES", None)
+    import_ahead(_runner_app("model._target_=ahead_ok.make", "dataset._target_=ahead_boom.load"))
+    assert sys.modules["ahead_ok"].LOADED
+    assert "ahead_boom" not in sys.modules  # its trial imports it again and reports the error
+    # MLflow's packages map, which each log_model reads, was built ahead.
+    assert requirements_utils._PACKAGES_TO_MODULES
+
+
 #: A model module that presses Ctrl-C (SIGINT to the sweep's whole process group, as a
 #: terminal does) while the first worker imports it, i.e. while the workers start.
 CTRL_C_AT_IMPORT = """\

@@ -39,6 +39,7 @@ __all__ = [
     "no_telemetry",
     "public_uri",
     "resolve_uri",
+    "warm_up",
 ]
 
 log = logging.getLogger(__name__)
@@ -470,3 +471,21 @@ class Store:
                 os.environ.pop(var, None)
             else:
                 os.environ[var] = before
+
+
+def warm_up() -> None:
+    """Do now the first-use work that a process's first logged model would pay inside it.
+
+    For a launched sweep worker, before it asks its first trial (``warm.import_ahead``):
+    MLflow's map of installed packages, which every ``log_model`` reads for its
+    requirements check (``importlib_metadata.packages_distributions()`` walks every
+    installed distribution's files: 0.3-0.9 s here, once per process).
+    """
+    no_telemetry()
+    from mlflow.utils import requirements_utils
+
+    # Private; cached in the module since MLflow 2. A release without it leaves the walk
+    # to the first log_model, as before.
+    init = getattr(requirements_utils, "_init_packages_to_modules_map", None)
+    if callable(init):
+        init()

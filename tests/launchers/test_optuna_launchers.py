@@ -75,6 +75,23 @@ def _workers(study: Any) -> set[str]:
     return set(workers)
 
 
+#: A model module that stamps when each process imports it (the worker's first trial
+#: imported it there before the workers imported ahead).
+STAMPED_MODEL = """\
+import os
+import time
+from pathlib import Path
+
+from sklearn.linear_model import LogisticRegression
+
+Path(os.environ["STAMP_DIR"], f"{os.getpid()}.imported").write_text(repr(time.time()))
+
+
+def make(task, **kwargs):
+    return LogisticRegression(**kwargs)
+"""
+
+
 @pytest.mark.parametrize(
     "launcher",
     [
@@ -86,16 +103,28 @@ def _workers(study: Any) -> set[str]:
 def test_workers_run_the_trials_through_the_launcher(
     workdir: Path, tracking_uri: str, launcher: tuple[str, ...]
 ) -> None:
+    (workdir / "stamped.py").write_text(STAMPED_MODEL)
+    stamps = workdir / "stamps"
+    stamps.mkdir()
+    path = os.pathsep.join(filter(None, [str(workdir), os.environ.get("PYTHONPATH")]))
     proc = run_cli(
         "-m", "hydra/sweeper=optuna", *launcher, "hydra.sweeper.n_workers=2",
         "hydra.sweeper.n_trials=6", "hydra.sweeper.study_name=launched",
-        "experiment_name=launched", "model=logreg", SPACE, *CHEAP,
+        "experiment_name=launched", "model=logreg", "model._target_=stamped.make", SPACE,
+        *CHEAP, env={"PYTHONPATH": path, "STAMP_DIR": str(stamps)},
     )  # fmt: skip
     study = _assert_exact(f"sqlite:///{workdir / 'optuna.db'}", "launched", tracking_uri, 6)
     workers = _workers(study)
     assert len(workers) == 2, workers  # both worker jobs ran the sweep loop
     owners = {str(t.system_attrs["runner.owner"]) for t in study.trials}
     assert owners <= workers, (owners, workers)  # no trial ran in the launching process
+    # Each worker imported the job's modules before it asked a trial, so a trial's Optuna
+    # start is its own, not the worker's start-up (MLflow, the model's library: seconds).
+    imported = {p.name.split(".")[0]: float(p.read_text()) for p in stamps.iterdir()}
+    for t in study.trials:
+        pid = str(t.system_attrs["runner.owner"]).rsplit(":", 1)[1]
+        assert pid in imported, (t.number, pid, imported)
+        assert imported[pid] < t.datetime_start.timestamp(), (t.number, imported[pid])
     # Objectives are named for optuna-dashboard and plots.
     assert study.metric_names == ["val_accuracy"]
     # The launching process showed the progress and wrote the results.

@@ -601,7 +601,7 @@ class OptunaSweep:
             SweepError: This worker's trials failed past ``max_failure_rate`` (the study is
                 then stopped for every worker).
         """
-        from runner.sweeps.optuna import _launched, threads
+        from runner.sweeps.optuna import _launched, threads, warm
 
         setup_globals()
         self.n_jobs = 1  # each worker runs its trials inline
@@ -620,6 +620,10 @@ class OptunaSweep:
                 _launched.WorkerAlive(study, self._alive_interval()),
                 Progress(o.name, self.n_trials, progress_mode) as progress,
             ):
+                # Before the first ask: a trial's Optuna start is when it is asked, and a
+                # worker's own start (MLflow, the model's library, first-use set-up: 3-5 s
+                # here, two workers at once on two cores) counted as its first trial's.
+                warm.import_ahead(self.config)
                 self._loop_inline(o.trials(progress))
         except KeyboardInterrupt:
             self._void_mine(study, storage)

@@ -15,6 +15,7 @@ list it too (docs/own-app.md). Without it the sweeper starts the server itself, 
 
 from __future__ import annotations
 
+import logging
 import sys
 from typing import Any
 
@@ -23,7 +24,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from runner.errors import RunnerError
 
-__all__ = ["StartWorkers", "preloads", "uses_pool"]
+__all__ = ["StartWorkers", "import_ahead", "preloads", "uses_pool"]
+
+log = logging.getLogger(__name__)
 
 #: The sweeper whose ``n_jobs`` pool this starts (hydra_plugins/runner_optuna_sweeper).
 SWEEPER = "hydra_plugins.runner_optuna_sweeper.optuna_sweeper.OptunaSweeper"
@@ -101,3 +104,30 @@ def preloads(config: DictConfig) -> list[str]:
         else:  # a database: SQLAlchemy's dialect of it (sqlite, postgresql, mysql, mssql)
             modules += ["mlflow.store.tracking.sqlalchemy_store", f"sqlalchemy.dialects.{scheme}"]
     return list(dict.fromkeys(modules))
+
+
+def import_ahead(config: DictConfig) -> None:
+    """Import now what a trial of ``config``'s sweep would import at its first use.
+
+    For a worker job of a launched sweep (a process of its own, which no forkserver
+    warmed), called before it asks its first trial: :func:`preloads`, the job's model and
+    dataset modules, and MLflow's first-use set-up
+    (:func:`runner.tracking.store.warm_up`). Best effort, as the forkserver's preloads are:
+    whatever fails here fails again, and is reported, in the first trial.
+    """
+    import importlib
+
+    from runner.sweeps.optuna.setup import target_modules
+
+    for name in [*preloads(config), *target_modules(config)]:
+        try:
+            importlib.import_module(name)
+        except Exception as e:  # the user's module may raise anything; its trial reports it
+            log.debug("not imported ahead: %s (%s)", name, e)
+    if "mlflow" in sys.modules:
+        from runner.tracking.store import warm_up
+
+        try:
+            warm_up()
+        except Exception as e:  # first-use work only: the trial does it again if need be
+            log.debug("the tracking store's warm-up failed: %s", e)
