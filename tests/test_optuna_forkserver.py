@@ -209,6 +209,11 @@ def test_a_launched_worker_imports_ahead_and_survives_a_failing_module(
     assert "ahead_boom" not in sys.modules  # its trial imports it again and reports the error
     # MLflow's packages map, which each log_model reads, was built ahead.
     assert requirements_utils._PACKAGES_TO_MODULES
+    # Not when the trials log no model: the walk would be start-up spent for nothing.
+    monkeypatch.setattr(requirements_utils, "_MODULES_TO_PACKAGES", None)
+    monkeypatch.setattr(requirements_utils, "_PACKAGES_TO_MODULES", None)
+    import_ahead(_runner_app("tracking.log_model=false"))
+    assert requirements_utils._PACKAGES_TO_MODULES is None
 
 
 #: A model module that presses Ctrl-C (SIGINT to the sweep's whole process group, as a

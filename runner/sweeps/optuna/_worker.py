@@ -33,6 +33,7 @@ from runner.trial import Outcome, TrialHandle, activate, outcome
 
 __all__ = [
     "TaskRef",
+    "import_quietly",
     "init_worker",
     "resolve_task",
     "run_trial",
@@ -117,9 +118,17 @@ def init_worker(modules: Sequence[str] = (), workers: int = 1) -> None:
     # child), without the interpreter's shutdown collection a spawned one paid.
     # Not a _call(): a signal here waits (an import cut in half leaves a module that the
     # worker's next trial fails on).
+    import_quietly(modules)
+
+
+def import_quietly(modules: Sequence[str]) -> None:
+    """Import ``modules`` ahead of the trials, best effort: a module that fails here (the
+    user's may raise anything) fails again in its trial, which reports it."""
     for name in modules:
-        with contextlib.suppress(Exception):
+        try:
             importlib.import_module(name)
+        except Exception as e:
+            log.debug("not imported ahead: %s (%s)", name, e)
 
 
 @contextlib.contextmanager

@@ -111,23 +111,19 @@ def import_ahead(config: DictConfig) -> None:
 
     For a worker job of a launched sweep (a process of its own, which no forkserver
     warmed), called before it asks its first trial: :func:`preloads`, the job's model and
-    dataset modules, and MLflow's first-use set-up
+    dataset modules, and, when its trials log models, MLflow's first-use set-up for them
     (:func:`runner.tracking.store.warm_up`). Best effort, as the forkserver's preloads are:
     whatever fails here fails again, and is reported, in the first trial.
     """
-    import importlib
-
+    from runner.sweeps.optuna._worker import import_quietly
     from runner.sweeps.optuna.setup import target_modules
 
-    for name in [*preloads(config), *target_modules(config)]:
-        try:
-            importlib.import_module(name)
-        except Exception as e:  # the user's module may raise anything; its trial reports it
-            log.debug("not imported ahead: %s (%s)", name, e)
-    if "mlflow" in sys.modules:
+    modules = preloads(config)
+    import_quietly([*modules, *target_modules(config)])
+    if "mlflow.pyfunc" in modules:  # preloaded exactly when the trials log models
         from runner.tracking.store import warm_up
 
         try:
             warm_up()
         except Exception as e:  # first-use work only: the trial does it again if need be
-            log.debug("the tracking store's warm-up failed: %s", e)
+            log.debug("MLflow's warm-up failed: %s", e)
