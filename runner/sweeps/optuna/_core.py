@@ -521,19 +521,26 @@ class OptunaSweep:
         value = attrs.get(contract.STOP_ATTR)
         return str(value) if value else None
 
-    def _finished(self, study: Any) -> list[Any]:
+    def _finished(self, study: Any, trials: list[Any] | None = None) -> list[Any]:
         from optuna.trial import TrialState
 
+        if trials is None:
+            trials = study.get_trials(deepcopy=False)
         return [
             t
-            for t in st.counted(study.get_trials(deepcopy=False))
+            for t in st.counted(trials)
             if t.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
         ]
 
     def _watch(self, study: Any, progress: Progress, seen: set[int]) -> None:
         """Show the study's progress as the storage has it; log each newly finished trial."""
         self._reap(study)  # a dead worker's trial: re-queued, its run ended KILLED
-        for t in sorted(self._finished(study), key=lambda t: t.number):
+        if progress.mode == "none":
+            return  # nothing is shown: the storage is not read for it
+        # Read once for the whole look, not once per event: each read is every trial of the
+        # study (13 ms for 30 here), every second, on the workers' cores.
+        trials = study.get_trials(deepcopy=False)
+        for t in sorted(self._finished(study, trials), key=lambda t: t.number):
             if t.number in seen:
                 continue
             seen.add(t.number)
@@ -544,8 +551,9 @@ class OptunaSweep:
                 study,
                 progress,
                 event=f"trial {t.number} {t.state.name} {shown} {dict(t.params)}",
+                trials=trials,
             )
-        self._show(study, progress)
+        self._show(study, progress, trials=trials)
 
     def _wait_workers(self, study: Any, progress: Progress, seen: set[int]) -> None:
         """Wait for workers still alive after the launcher returned (or raised at one).
@@ -964,13 +972,27 @@ class OptunaSweep:
                 log.error("could not mark trial %s failed: %s", trial.number, e)
         self.mine.clear()
 
-    def _show(self, study: Any, progress: Progress, event: str | None = None) -> None:
+    def _show(
+        self,
+        study: Any,
+        progress: Progress,
+        event: str | None = None,
+        *,
+        trials: list[Any] | None = None,
+    ) -> None:
+        """Refresh the progress line (and log ``event``) from the study's trials.
+
+        ``trials``: the study's trials as just read, so that one look at the storage serves
+        several events; read here when None. Nothing is read when nothing would be shown (a
+        launched worker's progress is ``none``: it read every trial of the study after each
+        of its own, a cost that grew with the study).
+        """
         from optuna.trial import TrialState
 
-        if event is None and progress.mode != "rich":
+        if progress.mode == "none" or (event is None and progress.mode != "rich"):
             return  # only the live line shows a trial's start; log lines show its end
 
-        trials = st.counted(study.get_trials(deepcopy=False))
+        trials = st.counted(study.get_trials(deepcopy=False) if trials is None else trials)
         n = {s: sum(t.state == s for t in trials) for s in TrialState}
         best = "-"
         complete = [t for t in trials if t.state == TrialState.COMPLETE]
