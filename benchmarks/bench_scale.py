@@ -1,6 +1,6 @@
 """Scaling an Optuna sweep out, every side measured in one run; prints trials/s and ratios.
 
-    python benchmarks/bench_scale.py [--trials 30] [--repeat 1] [--ways pool,joblib,submitit_local]
+    python benchmarks/bench_scale.py [--trials 30] [--repeat 1] [--ways pool,joblib,submitit_local,slurm]
         [--ray] [--body-trials 100] [--storage-trials 10] [--skip-scaling] [--skip-storage]
         [--baseline-tree DIR]
 
@@ -14,7 +14,10 @@ A default run takes 3-5 minutes on 2 cores.
    - ``joblib``: ``hydra/launcher=joblib hydra.launcher.n_jobs=K hydra.sweeper.n_workers=K``;
    - ``submitit_local``: ``hydra/launcher=submitit_local hydra.sweeper.n_workers=K``;
    - ``ray`` (``--ray``, when ray is importable): ``hydra/launcher=ray
-     hydra.sweeper.n_workers=K``, a local Ray cluster of K CPUs.
+     hydra.sweeper.n_workers=K``, a local Ray cluster of K CPUs;
+   - ``slurm`` (in ``--ways``): ``hydra/launcher=slurm hydra.sweeper.n_workers=K``, each job
+     with ``cores // K`` CPUs, on partition ``$RUNNER_BENCH_SLURM_PARTITION`` (default
+     ``cpu``: the one-node cluster of ``.ci/slurm-up``, on this machine).
 
    Throughput is shown over the whole command and over the trial window (first trial
    started to last trial finished, from Optuna's timestamps: the fixed start-up left out).
@@ -50,6 +53,8 @@ from benchmarks._common import fresh_store
 
 #: The two sides of every comparison.
 KS = (1, 2)
+#: The partition of the ``slurm`` way (``.ci/slurm-up`` makes ``cpu``, one node, this host).
+SLURM_PARTITION = os.environ.get("RUNNER_BENCH_SLURM_PARTITION", "cpu")
 
 #: One trial's body without the runner: what ``model=logreg dataset=iris`` fits and scores.
 BODY = textwrap.dedent(
@@ -108,7 +113,20 @@ def _way_args(way: str, k: int) -> list[str]:
             f"+hydra.launcher.init.num_cpus={k}",
             f"hydra.sweeper.n_workers={k}",
         ]
-    raise SystemExit(f"unknown way {way!r}: pool, joblib, submitit_local, ray")
+    if way == "slurm":
+        from runner.sweeps.optuna.threads import cores
+
+        # Each of the K jobs is allocated its share of the node's cores, as the ceiling's
+        # processes get theirs (a worker sizes its thread pools to its allocation).
+        return [
+            "hydra/launcher=slurm",
+            f"hydra.launcher.partition={SLURM_PARTITION}",
+            f"hydra.launcher.cpus_per_task={max(1, cores() // k)}",
+            "hydra.launcher.mem_gb=2",
+            "hydra.launcher.timeout_min=30",
+            f"hydra.sweeper.n_workers={k}",
+        ]
+    raise SystemExit(f"unknown way {way!r}: pool, joblib, submitit_local, ray, slurm")
 
 
 def _window(storage: str, name: str | None = None) -> tuple[float, int]:
@@ -150,9 +168,10 @@ def way_run(way: str, k: int, trials: int, *, pythonpath: str | None = None) -> 
         env = {**os.environ, "MLFLOW_TRACKING_URI": fresh_store(Path(tmp))}
         if pythonpath:
             env["PYTHONPATH"] = os.pathsep.join([pythonpath, env.get("PYTHONPATH", "")])
-        storage = f"sqlite:///{tmp}/optuna.db"
+        storage = f"sqlite:///{tmp}/optuna.db"  # absolute: a SLURM job reads it too
+        extra = _way_args(way, k)
         return sweep(
-            [f"hydra.sweeper.n_trials={trials}", *_way_args(way, k)],
+            [f"hydra.sweeper.n_trials={trials}", f"hydra.sweeper.storage={storage}", *extra],
             cwd=Path(tmp),
             env=env,
             storage=storage,

@@ -11,6 +11,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from runner.sweeps.optuna.threads import THREAD_VARIABLES, cores
 from tests.conftest import run_cli, run_python, sigint_as_in_a_terminal
 
@@ -120,6 +122,36 @@ def test_a_thread_count_the_user_set_is_kept(workdir: Path, tracking_uri: str) -
     records = _probe_sweep(workdir, env={"OPENBLAS_NUM_THREADS": "7", "OMP_NUM_THREADS": "7"})
     assert records and all(r["omp"] == "7" for r in records), records
     assert all(7 in r["threads"] for r in records), records
+
+
+@pytest.mark.parametrize(
+    ("slurm", "workers", "expected"),
+    [
+        ({}, 1, None),  # one worker alone: the libraries' own default
+        ({}, 2, 1),
+        ({"SLURM_JOB_ID": "7", "SLURM_CPUS_PER_TASK": "1"}, 1, 1),  # narrower than the node
+        ({"SLURM_JOB_ID": "7", "SLURM_CPUS_PER_TASK": "2"}, 1, None),  # all it can run on
+        ({"SLURM_JOB_ID": "7", "SLURM_CPUS_PER_TASK": "2"}, 2, 1),
+        ({"SLURM_JOB_ID": "7", "SLURM_CPUS_PER_TASK": "64"}, 1, None),  # never above affinity
+        ({"SLURM_CPUS_PER_TASK": "1"}, 1, None),  # left over outside a job: not an allocation
+        ({"SLURM_JOB_ID": "7", "SLURM_CPUS_PER_TASK": "0"}, 1, None),
+        ({"SLURM_JOB_ID": "7", "SLURM_CPUS_PER_TASK": "two"}, 1, None),
+        ({"SLURM_JOB_ID": "7", "SLURM_CPUS_PER_TASK": "1", "OMP_NUM_THREADS": "3"}, 1, None),
+    ],
+)
+def test_a_slurm_allocation_narrower_than_the_node_limits_threads(
+    monkeypatch: pytest.MonkeyPatch, slurm: dict[str, str], workers: int, expected: int | None
+) -> None:
+    """A SLURM job on a node without SLURM's affinity plugin may run on every CPU of the
+    node: its libraries' pools get the CPUs it was allocated, not one thread per node CPU."""
+    from runner.sweeps.optuna import threads
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})  # a 2-CPU node
+    for name in [*THREAD_VARIABLES, "SLURM_JOB_ID", "SLURM_CPUS_PER_TASK"]:
+        monkeypatch.delenv(name, raising=False)
+    for name, value in slurm.items():
+        monkeypatch.setenv(name, value)
+    assert threads.share(workers) == expected
 
 
 def test_launched_workers_on_this_host_share_it() -> None:

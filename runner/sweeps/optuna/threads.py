@@ -8,6 +8,13 @@ models/s between them against 68/s for one alone, and 133/s with one thread each
 therefore gets ``max(1, C // K)`` threads, as joblib's loky backend gives its workers
 (``hydra/launcher=joblib`` workers arrive with those variables already set, so nothing is
 changed there), unless the user set a thread count in the environment: theirs is kept.
+
+A SLURM job gets the CPUs it asked for (``SLURM_CPUS_PER_TASK``), but a cluster without
+SLURM's affinity plugin (``TaskPlugin=task/none``, as the one-node cluster of
+``.ci/slurm-up``) leaves its processes free to run on every CPU of the node, and each library
+then starts one thread per node CPU: two ``cpus_per_task=1`` worker jobs on a 2-core node ran
+a 30-trial logreg sweep's trials in a 8.9-9.8 s window against 5.5-7.7 s with one thread each
+(``benchmarks/bench_scale.py``'s ``slurm`` way). The allocation is therefore a limit too.
 """
 
 from __future__ import annotations
@@ -15,7 +22,7 @@ from __future__ import annotations
 import logging
 import os
 
-__all__ = ["THREAD_VARIABLES", "cores", "limit", "share"]
+__all__ = ["THREAD_VARIABLES", "allocated", "cores", "limit", "share"]
 
 log = logging.getLogger(__name__)
 
@@ -31,12 +38,26 @@ THREAD_VARIABLES = (
 )
 
 
-def cores() -> int:
-    """The CPUs this process may run on (its affinity: a SLURM allocation, taskset)."""
+def _affinity() -> int:
+    """The CPUs this process may run on, as the native libraries count them."""
     try:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
         return os.cpu_count() or 1
+
+
+def allocated() -> int | None:
+    """The CPUs SLURM allocated to this job's task (``SLURM_CPUS_PER_TASK``), if it says."""
+    value = os.environ.get("SLURM_CPUS_PER_TASK", "")
+    if "SLURM_JOB_ID" not in os.environ or not value.isdigit() or int(value) < 1:
+        return None
+    return int(value)
+
+
+def cores() -> int:
+    """The CPUs this process has: its affinity (taskset, a SLURM cgroup), and within a
+    SLURM job no more than its allocation (:func:`allocated`)."""
+    return min(_affinity(), allocated() or _affinity())
 
 
 def share(workers: int) -> int | None:
@@ -46,12 +67,15 @@ def share(workers: int) -> int | None:
         workers: How many workers of the sweep run on this host at once.
 
     Returns:
-        ``max(1, cores() // workers)``, or None for a single worker or when the environment
-        already sets one of :data:`THREAD_VARIABLES`.
+        ``max(1, cores() // workers)``; None for a single worker that may use every CPU
+        it can run on, or when the environment already sets one of
+        :data:`THREAD_VARIABLES`.
     """
-    if workers <= 1 or any(name in os.environ for name in THREAD_VARIABLES):
+    if any(name in os.environ for name in THREAD_VARIABLES):
         return None
-    return max(1, cores() // workers)
+    if workers <= 1 and cores() >= _affinity():
+        return None
+    return max(1, cores() // max(workers, 1))
 
 
 def limit(workers: int) -> int | None:
