@@ -1,7 +1,7 @@
 """What showing a sweep's progress reads from its study: once per look, and nothing unshown.
 
-Every read of a study is all of its trials (13 ms for 30 on SQLite here, growing with the
-study), done beside the workers on their cores: a launched worker read the whole study
+Every read of a study is all of its trials (on SQLite here 4 ms at 30 trials, 53 ms at
+1000), done beside the workers on their cores: a launched worker read the whole study
 after each trial of its own for a progress line that it never shows, and the launching
 process read it once per newly finished trial every second.
 """

@@ -538,7 +538,7 @@ class OptunaSweep:
         if progress.mode == "none":
             return  # nothing is shown: the storage is not read for it
         # Read once for the whole look, not once per event: each read is every trial of the
-        # study (13 ms for 30 here), every second, on the workers' cores.
+        # study (on SQLite here 4 ms at 30 trials, 53 ms at 1000), on the workers' cores.
         trials = study.get_trials(deepcopy=False)
         for t in sorted(self._finished(study, trials), key=lambda t: t.number):
             if t.number in seen:
