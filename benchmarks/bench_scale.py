@@ -114,7 +114,7 @@ def _way_args(way: str, k: int) -> list[str]:
             f"hydra.sweeper.n_workers={k}",
         ]
     if way == "slurm":
-        from runner.sweeps.optuna.threads import cores
+        from runner.threads import cores
 
         # Each of the K jobs is allocated its share of the node's cores, as the ceiling's
         # processes get theirs (a worker sizes its thread pools to its allocation).
@@ -183,10 +183,10 @@ def ceiling(k: int, n: int) -> float:
 
     Each process gets its share of the cores for its native thread pools, as a user who
     runs k processes by hand would set (and as the runner's workers get it,
-    runner/sweeps/optuna/threads.py): with numpy's default of one OpenBLAS thread per core
+    runner/threads.py): with numpy's default of one OpenBLAS thread per core
     in each, two processes here fitted half as many models per second as one.
     """
-    from runner.sweeps.optuna.threads import THREAD_VARIABLES, cores
+    from runner.threads import THREAD_VARIABLES, cores
 
     env = dict(os.environ)
     if k > 1:

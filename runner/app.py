@@ -17,7 +17,7 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from runner import contract, tracking, trial
+from runner import contract, threads, tracking, trial
 from runner.config import register
 from runner.data import Dataset
 from runner.errors import ConfigError, RunnerError
@@ -204,6 +204,7 @@ def run(cfg: DictConfig) -> float | list[float]:
     job = tracking.current()
     _check_config(cfg)
     seed_everything(int(cfg.seed))
+    threads.limit(1)  # a SLURM job's allocation, where the node lets it run on every CPU
 
     data = _instantiate(cfg.dataset, "dataset")
     if not isinstance(data, Dataset):

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from runner.sweeps.optuna.threads import THREAD_VARIABLES, cores
+from runner.threads import THREAD_VARIABLES, cores
 from tests.conftest import run_cli, run_python, sigint_as_in_a_terminal
 
 FAST = ("tracking.log_model=false", "tracking.log_figures=false", "tracking.log_importances=false")
@@ -144,7 +144,7 @@ def test_a_slurm_allocation_narrower_than_the_node_limits_threads(
 ) -> None:
     """A SLURM job on a node without SLURM's affinity plugin may run on every CPU of the
     node: its libraries' pools get the CPUs it was allocated, not one thread per node CPU."""
-    from runner.sweeps.optuna import threads
+    from runner import threads
 
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})  # a 2-CPU node
     for name in [*THREAD_VARIABLES, "SLURM_JOB_ID", "SLURM_CPUS_PER_TASK"]:

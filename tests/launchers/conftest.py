@@ -19,6 +19,7 @@ need it, with the reason and the fix (CI installs both: ``.ci/run``).
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import secrets
 import shutil
@@ -27,8 +28,9 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -175,3 +177,50 @@ def _stop_group(proc: subprocess.Popen[bytes]) -> None:
             break
         time.sleep(0.2)
     proc.wait()
+
+
+#: A logreg that records, inside each job, its process's native thread pools.
+THREADS_MODEL = """\
+import json
+import os
+from pathlib import Path
+
+from sklearn.linear_model import LogisticRegression
+from threadpoolctl import threadpool_info
+
+
+def make(task, **kwargs):
+    return Probe(**kwargs)
+
+
+class Probe(LogisticRegression):
+    def fit(self, X, y, **kwargs):
+        record = {
+            "threads": sorted({p["num_threads"] for p in threadpool_info()}),
+            "omp": os.environ.get("OMP_NUM_THREADS"),
+            "cpus_per_task": os.environ.get("SLURM_CPUS_PER_TASK"),
+        }
+        Path(os.environ["PROBE_DIR"], f"{os.getpid()}.json").write_text(json.dumps(record))
+        return super().fit(X, y, **kwargs)
+"""
+
+
+def threads_probe(workdir: Path) -> tuple[dict[str, str], Callable[[], list[dict[str, Any]]]]:
+    """The environment that makes ``model._target_=probe.make`` the :data:`THREADS_MODEL`,
+    and a reader of what each process recorded."""
+    (workdir / "probe.py").write_text(THREADS_MODEL)
+    probes = workdir / "probes"
+    probes.mkdir()
+    path = os.pathsep.join(filter(None, [str(workdir), os.environ.get("PYTHONPATH")]))
+
+    def read() -> list[dict[str, Any]]:
+        return [json.loads(p.read_text()) for p in probes.iterdir()]
+
+    return {"PYTHONPATH": path, "PROBE_DIR": str(probes)}, read
+
+
+def assert_one_thread_each(records: list[dict[str, Any]]) -> None:
+    """Each ``cpus_per_task=1`` job's pools have its one CPU, not one per CPU of the node
+    (this cluster's TaskPlugin=task/none lets a job run on all of them)."""
+    assert records and {r["cpus_per_task"] for r in records} == {"1"}, records
+    assert all(r["threads"] == [1] and r["omp"] == "1" for r in records), records

@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import run_cli, run_python
+from tests.launchers.conftest import assert_one_thread_each, threads_probe
 from tests.services import Service, free_port
 
 #: Keep the jobs cheap: no model, figures or importances (configs are still logged).
@@ -57,14 +58,16 @@ def test_a_grid_runs_its_jobs_as_slurm_jobs(
     workdir: Path, slurm: str, sqlite_server: Service
 ) -> None:
     sweep_dir = workdir / "sweep"
+    probe_env, read_probes = threads_probe(workdir)
     run_cli(
         "-m", "hydra/launcher=slurm", f"hydra.launcher.partition={slurm}",
         "hydra.launcher.cpus_per_task=1", "hydra.launcher.mem_gb=2",
         "hydra.launcher.timeout_min=10", f"hydra.sweep.dir={sweep_dir}",
         "backend=server", f"backend.uri={sqlite_server.url}", "experiment_name=on_slurm",
-        "lr=0.01,0.1", *CHEAP,
+        "lr=0.01,0.1", "model._target_=probe.make", *CHEAP, env=probe_env,
     )  # fmt: skip
     _assert_grid(sqlite_server.url, "on_slurm", sweep_dir)
+    assert_one_thread_each(read_probes())  # the runner's job sized them to its allocation
     # submitit submits the batch as one job array, a folder per task (`<array>_<task>`, from
     # hydra.launcher.submitit_folder=.../.submitit/%j): two, each known to slurmctld as
     # COMPLETED in our partition (MinJobAge=300 keeps finished jobs there; accounting, hence

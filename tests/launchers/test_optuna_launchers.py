@@ -21,6 +21,7 @@ import pytest
 
 from tests.backends.conftest import postgres  # noqa: F401  - the fixture, for the SLURM test
 from tests.conftest import run_cli, sigint_as_in_a_terminal
+from tests.launchers.conftest import assert_one_thread_each, threads_probe
 from tests.services import Service
 
 #: Keep the jobs cheap: no model, figures or importances.
@@ -330,32 +331,6 @@ def _two_workers(storage: str, name: str, n_trials: int, tracking_uri: str) -> t
     )  # fmt: skip
 
 
-#: A logreg that records, inside each trial, its process's native thread pools.
-THREADS_MODEL = """\
-import json
-import os
-from pathlib import Path
-
-from sklearn.linear_model import LogisticRegression
-from threadpoolctl import threadpool_info
-
-
-def make(task, **kwargs):
-    return Probe(**kwargs)
-
-
-class Probe(LogisticRegression):
-    def fit(self, X, y, **kwargs):
-        record = {
-            "threads": sorted({p["num_threads"] for p in threadpool_info()}),
-            "omp": os.environ.get("OMP_NUM_THREADS"),
-            "cpus_per_task": os.environ.get("SLURM_CPUS_PER_TASK"),
-        }
-        Path(os.environ["PROBE_DIR"], f"{os.getpid()}.json").write_text(json.dumps(record))
-        return super().fit(X, y, **kwargs)
-"""
-
-
 def test_workers_run_as_slurm_jobs_on_one_postgres_study(
     workdir: Path,
     slurm: str,
@@ -364,16 +339,13 @@ def test_workers_run_as_slurm_jobs_on_one_postgres_study(
 ) -> None:
     storage = _postgres_study(postgres, "optuna_slurm")
     sweep_dir = workdir / "sweep"
-    (workdir / "probe.py").write_text(THREADS_MODEL)
-    probes = workdir / "probes"
-    probes.mkdir()
-    path = os.pathsep.join(filter(None, [str(workdir), os.environ.get("PYTHONPATH")]))
+    probe_env, read_probes = threads_probe(workdir)
     run_cli(
         "-m", "hydra/sweeper=optuna", "hydra/launcher=slurm", f"hydra.launcher.partition={slurm}",
         "hydra.launcher.cpus_per_task=1", "hydra.launcher.mem_gb=2",
         "hydra.launcher.timeout_min=10", f"hydra.sweep.dir={sweep_dir}",
         *_two_workers(storage, "on-slurm", 4, sqlite_server.url), "model._target_=probe.make",
-        env={"PYTHONPATH": path, "PROBE_DIR": str(probes)},
+        env=probe_env,
     )  # fmt: skip
     study = _assert_exact(storage, "on-slurm", sqlite_server.url, 4)
     workers = _workers(study)
@@ -381,9 +353,7 @@ def test_workers_run_as_slurm_jobs_on_one_postgres_study(
     assert {str(t.system_attrs["runner.owner"]) for t in study.trials} <= workers
     # Each job's pools have the one CPU it was allocated, not one thread per CPU of the
     # node: this cluster's TaskPlugin=task/none leaves every job free to run on all of them.
-    records = [json.loads(p.read_text()) for p in probes.iterdir()]
-    assert records and {r["cpus_per_task"] for r in records} == {"1"}, records
-    assert all(r["threads"] == [1] and r["omp"] == "1" for r in records), records
+    assert_one_thread_each(read_probes())
     # One job array of two tasks, each with submitit's pickled result.
     folder = sweep_dir / ".submitit"
     tasks = sorted(p.name for p in folder.iterdir() if p.name.count("_") == 1)

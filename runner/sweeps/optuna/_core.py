@@ -609,7 +609,8 @@ class OptunaSweep:
             SweepError: This worker's trials failed past ``max_failure_rate`` (the study is
                 then stopped for every worker).
         """
-        from runner.sweeps.optuna import _launched, threads, warm
+        from runner import threads
+        from runner.sweeps.optuna import _launched, warm
 
         setup_globals()
         self.n_jobs = 1  # each worker runs its trials inline

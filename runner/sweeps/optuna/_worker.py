@@ -27,8 +27,8 @@ from collections.abc import Callable, Sequence
 from types import FrameType
 from typing import Any
 
+from runner import threads
 from runner.interrupts import install, pending
-from runner.sweeps.optuna import threads
 from runner.trial import Outcome, TrialHandle, activate, outcome
 
 __all__ = [
@@ -97,7 +97,7 @@ def init_worker(modules: Sequence[str] = (), workers: int = 1) -> None:
             model and dataset modules, which the forkserver does not preload (an import
             error is the first trial's to report).
         workers: The pool's size: each worker's native thread pools get their share of
-            the cores (:func:`runner.sweeps.optuna.threads.limit`).
+            the cores (:func:`runner.threads.limit`).
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     install()

@@ -14,7 +14,9 @@ SLURM's affinity plugin (``TaskPlugin=task/none``, as the one-node cluster of
 ``.ci/slurm-up``) leaves its processes free to run on every CPU of the node, and each library
 then starts one thread per node CPU: two ``cpus_per_task=1`` worker jobs on a 2-core node ran
 a 30-trial logreg sweep's trials in a 8.9-9.8 s window against 5.5-7.7 s with one thread each
-(``benchmarks/bench_scale.py``'s ``slurm`` way). The allocation is therefore a limit too.
+(``benchmarks/bench_scale.py``'s ``slurm`` way). The allocation is therefore a limit too:
+for an Optuna worker job, and for any job of the runner's app (:func:`runner.app.run`, e.g.
+one job of a grid through ``hydra/launcher=slurm``).
 """
 
 from __future__ import annotations
