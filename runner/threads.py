@@ -59,7 +59,8 @@ def allocated() -> int | None:
 def cores() -> int:
     """The CPUs this process has: its affinity (taskset, a SLURM cgroup), and within a
     SLURM job no more than its allocation (:func:`allocated`)."""
-    return min(_affinity(), allocated() or _affinity())
+    affinity = _affinity()
+    return min(affinity, allocated() or affinity)
 
 
 def share(workers: int) -> int | None:
