@@ -49,9 +49,19 @@ def _affinity() -> int:
 
 
 def allocated() -> int | None:
-    """The CPUs SLURM allocated to this job's task (``SLURM_CPUS_PER_TASK``), if it says."""
+    """The CPUs SLURM allocated to this job's task (``SLURM_CPUS_PER_TASK``), if it says.
+
+    Only in a process that slurmd started on the job's node (a batch script or an ``srun``
+    step: ``SLURMD_NODENAME`` set). A ``salloc -c N`` shell carries ``SLURM_JOB_ID`` and
+    ``SLURM_CPUS_PER_TASK`` too but runs where salloc was typed, usually the login node,
+    whose CPUs the allocation says nothing about (checked on the cluster of
+    ``.ci/slurm-up``: the salloc shell has no ``SLURMD_NODENAME``, its ``srun`` step and an
+    ``sbatch`` script do).
+    """
     value = os.environ.get("SLURM_CPUS_PER_TASK", "")
-    if "SLURM_JOB_ID" not in os.environ or not value.isdigit() or int(value) < 1:
+    if not os.environ.get("SLURM_JOB_ID") or not os.environ.get("SLURMD_NODENAME"):
+        return None
+    if not value.isdigit() or int(value) < 1:
         return None
     return int(value)
 

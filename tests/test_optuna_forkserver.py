@@ -124,19 +124,26 @@ def test_a_thread_count_the_user_set_is_kept(workdir: Path, tracking_uri: str) -
     assert all(7 in r["threads"] for r in records), records
 
 
+#: A process that slurmd started for job 7 (a batch script or an srun step).
+JOB = {"SLURM_JOB_ID": "7", "SLURMD_NODENAME": "node1"}
+
+
 @pytest.mark.parametrize(
     ("slurm", "workers", "expected"),
     [
         ({}, 1, None),  # one worker alone: the libraries' own default
         ({}, 2, 1),
-        ({"SLURM_JOB_ID": "7", "SLURM_CPUS_PER_TASK": "1"}, 1, 1),  # narrower than the node
-        ({"SLURM_JOB_ID": "7", "SLURM_CPUS_PER_TASK": "2"}, 1, None),  # all it can run on
-        ({"SLURM_JOB_ID": "7", "SLURM_CPUS_PER_TASK": "2"}, 2, 1),
-        ({"SLURM_JOB_ID": "7", "SLURM_CPUS_PER_TASK": "64"}, 1, None),  # never above affinity
+        ({**JOB, "SLURM_CPUS_PER_TASK": "1"}, 1, 1),  # narrower than the node
+        ({**JOB, "SLURM_CPUS_PER_TASK": "2"}, 1, None),  # all it can run on
+        ({**JOB, "SLURM_CPUS_PER_TASK": "2"}, 2, 1),
+        ({**JOB, "SLURM_CPUS_PER_TASK": "64"}, 1, None),  # never above affinity
         ({"SLURM_CPUS_PER_TASK": "1"}, 1, None),  # left over outside a job: not an allocation
-        ({"SLURM_JOB_ID": "7", "SLURM_CPUS_PER_TASK": "0"}, 1, None),
-        ({"SLURM_JOB_ID": "7", "SLURM_CPUS_PER_TASK": "two"}, 1, None),
-        ({"SLURM_JOB_ID": "7", "SLURM_CPUS_PER_TASK": "1", "OMP_NUM_THREADS": "3"}, 1, None),
+        # A `salloc -c 1` shell on the login node: a job, but not a process on its node.
+        ({"SLURM_JOB_ID": "7", "SLURM_CPUS_PER_TASK": "1"}, 1, None),
+        ({**JOB, "SLURM_JOB_ID": "", "SLURM_CPUS_PER_TASK": "1"}, 1, None),
+        ({**JOB, "SLURM_CPUS_PER_TASK": "0"}, 1, None),
+        ({**JOB, "SLURM_CPUS_PER_TASK": "two"}, 1, None),
+        ({**JOB, "SLURM_CPUS_PER_TASK": "1", "OMP_NUM_THREADS": "3"}, 1, None),
     ],
 )
 def test_a_slurm_allocation_narrower_than_the_node_limits_threads(
@@ -147,7 +154,7 @@ def test_a_slurm_allocation_narrower_than_the_node_limits_threads(
     from runner import threads
 
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})  # a 2-CPU node
-    for name in [*THREAD_VARIABLES, "SLURM_JOB_ID", "SLURM_CPUS_PER_TASK"]:
+    for name in [*THREAD_VARIABLES, "SLURM_JOB_ID", "SLURMD_NODENAME", "SLURM_CPUS_PER_TASK"]:
         monkeypatch.delenv(name, raising=False)
     for name, value in slurm.items():
         monkeypatch.setenv(name, value)
