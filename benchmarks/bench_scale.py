@@ -4,7 +4,7 @@
         [--ray] [--body-seconds 8] [--storage-trials 10] [--skip-scaling] [--skip-storage]
         [--baseline-tree DIR]
 
-A default run takes 3-5 minutes on 2 cores.
+A default run takes 4-6 minutes on 2 cores.
 
 1. Trials per second with K workers (K = 1 and 2) through each way of running the sweep
    ``sweep=logreg_iris`` (TPE on logreg/iris, SQLite study and MLflow store in a fresh
