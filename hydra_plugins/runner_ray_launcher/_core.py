@@ -180,6 +180,15 @@ def _cancel_reaches_the_job() -> Iterator[None]:
     so that SIGINT stayed pending for ever: the job ran on and the force-cancel killed
     it with its run RUNNING. Unblocked for the job, it raises ``KeyboardInterrupt``
     right after the store call, and :func:`execute_job` ends the run KILLED.
+
+    And ``interrupt_main`` does nothing where Python does not handle SIGINT (SIG_IGN or
+    SIG_DFL: the Python docs of ``_thread.interrupt_main``). A cluster started with SIGINT
+    ignored (``nohup ray start``, a service, a background job of a script; CI's suite) passes
+    that on to every worker: the cancel was lost, each job ran on, and an Optuna trial that
+    ended within the cancel wait was told COMPLETE after Ctrl-C (a CI failure of
+    tests/launchers/test_optuna_launchers.py::test_ctrl_c_mid_trial_leaves_nothing_running).
+    So the job runs with Python's own SIGINT handler, as in a cluster started from a
+    terminal; the worker's disposition comes back after it.
     """
     if threading.current_thread() is not threading.main_thread() or not hasattr(
         signal, "pthread_sigmask"
@@ -190,12 +199,18 @@ def _cancel_reaches_the_job() -> Iterator[None]:
     # worker was ending: not this job's to act on.
     while signal.SIGINT in signal.sigpending():
         signal.sigtimedwait([signal.SIGINT], 0)
+    handler = signal.getsignal(signal.SIGINT)
+    unhandled = handler in (signal.SIG_IGN, signal.SIG_DFL)
+    if unhandled:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     blocked = signal.pthread_sigmask(signal.SIG_UNBLOCK, [signal.SIGINT])
     try:
         yield
     finally:
         if signal.SIGINT in blocked:
             signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGINT])
+        if unhandled:
+            signal.signal(signal.SIGINT, handler)
 
 
 def execute_job(

@@ -138,6 +138,11 @@ def ray_cluster() -> Iterator[str]:
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            # SIGINT ignored, as a cluster started by `nohup ray start`, a service or a
+            # background job has it, and every worker inherits it (Ray's cancel then needs
+            # the launcher's own SIGINT handler in the job): the same on every machine,
+            # whether the suite runs in a terminal or in CI's background.
+            preexec_fn=_ignore_sigint,
         )
     try:
         deadline = time.monotonic() + _RAY_START_DEADLINE_S
@@ -157,6 +162,10 @@ def ray_cluster() -> Iterator[str]:
     finally:
         _stop_group(proc)
         shutil.rmtree(temp, ignore_errors=True)
+
+
+def _ignore_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _stop_group(proc: subprocess.Popen[bytes]) -> None:

@@ -408,7 +408,10 @@ def test_ctrl_c_mid_trial_leaves_nothing_running(
         # The session's cluster: its workers are not in the terminal's process group, so
         # only the launching process's cancel reaches their trials.
         address = request.getfixturevalue("ray_cluster")
-        launcher = ["hydra/launcher=ray", f"hydra.launcher.address={address}"]
+        # A long wait: the cancel itself must stop the trials (the cluster's workers have
+        # SIGINT ignored), not a force-cancel after it, nor their own end.
+        launcher = ["hydra/launcher=ray", f"hydra.launcher.address={address}",
+                    "hydra.launcher.cancel_wait_s=120"]  # fmt: skip
     elif engine == "joblib":
         launcher = ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"]
     else:
@@ -440,6 +443,8 @@ def test_ctrl_c_mid_trial_leaves_nothing_running(
             os.killpg(proc.pid, signal.SIGKILL)
             proc.communicate()
     assert proc.returncode == 130, out
+    if engine == "ray":
+        assert "force-cancelled" not in out, out
 
     trials = _storage(storage, "stopped").get_trials()
     assert not [t for t in trials if t.state == TrialState.RUNNING], trials
