@@ -34,7 +34,10 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from _common import fresh_store, timed_subprocess
+
+from tests.services import free_port
 
 #: The Ray Tune side, run as its own driver (``python -c``): argv = address, uri, k, trials.
 TUNE = textwrap.dedent(
@@ -114,7 +117,7 @@ class Cluster:
 
     def __init__(self, cpus: int) -> None:
         self.temp = Path(tempfile.mkdtemp(prefix="ray-", dir="/tmp"))
-        port = _free_port()
+        port = free_port()
         self.address = f"127.0.0.1:{port}"
         # Token auth as in tests/launchers/conftest.py: a token left in ~/.ray by an earlier
         # cluster would otherwise be required by the head and unknown to the drivers.
@@ -154,15 +157,6 @@ class Cluster:
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait()
         shutil.rmtree(self.temp, ignore_errors=True)
-
-
-def _free_port() -> int:
-    """A free loopback port (bound, then released for the head node)."""
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -15,6 +15,30 @@ from typing import Any
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+#: The tests that need this machine's engines (SLURM, the session's Ray cluster): one worker
+#: runs them all, in one group (tests/launchers/conftest.py says why).
+CLUSTER_TESTS = "tests/launchers/"
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """``--dist loadgroup`` (pyproject's addopts), with every test of CLUSTER_TESTS in one group.
+
+    Not by ``xdist_group`` marks: pytest 9.2's node ids keep xdist 3.8's group suffix out
+    (pytest-dev/pytest-xdist#1386), so loadgroup runs marked tests wherever. The controller
+    has node ids only, so the group is by path. Every other test is a unit of its own.
+    """
+    if config.getvalue("dist") != "loadgroup":
+        return None
+    from xdist.scheduler import LoadGroupScheduling
+
+    class ClusterScheduling(LoadGroupScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            if nodeid.startswith(CLUSTER_TESTS):
+                return "cluster"
+            return super()._split_scope(nodeid)
+
+    return ClusterScheduling(config, log)
 
 
 @pytest.fixture(scope="session")

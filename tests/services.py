@@ -7,6 +7,7 @@ Plain functions (no pytest here) so that fixtures and benchmarks share them. Eac
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import signal
@@ -16,11 +17,12 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 __all__ = [
+    "PortPool",
     "Service",
     "ServiceUnavailable",
     "free_port",
@@ -47,11 +49,83 @@ class Service:
     output: list[str] = field(default_factory=list)
 
 
-def free_port() -> int:
-    """A TCP port free on 127.0.0.1 right now."""
+#: One lock file per port handed out: the process that took the port holds its lock until it
+#: exits, so two processes of the suite (pytest-xdist's workers, a benchmark beside them) never
+#: hand out the same port.
+PORT_LOCKS = Path(tempfile.gettempdir()) / "runner-test-ports"
+#: The kernel's ephemeral ports: what it picks for an outgoing connection or a bind to port 0.
+_EPHEMERAL = Path("/proc/sys/net/ipv4/ip_local_port_range")
+#: The lowest port handed out: above Ray's worker ports (10002-19999 by default), which a
+#: local Ray cluster of the launcher tests binds as it pleases.
+_LOWEST = 20000
+
+
+def _candidates() -> range:
+    """The ports :func:`free_port` may hand out: none the kernel would pick by itself."""
+    low, high = (int(v) for v in _EPHEMERAL.read_text().split())
+    if low - _LOWEST >= 1000:
+        return range(_LOWEST, low)
+    return range(max(high + 1, _LOWEST), 65536)
+
+
+def _bindable(port: int) -> bool:
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+class PortPool:
+    """Ports reserved across processes through lock files in ``locks`` (one per port)."""
+
+    def __init__(self, locks: Path) -> None:
+        self.locks = locks
+        #: The ports this process took, each with the file descriptor that holds its lock.
+        self.taken: dict[int, int] = {}
+
+    def take(self, candidates: Iterable[int]) -> int:
+        """The first of ``candidates`` that no process holds and nothing is bound to; held
+        by this process from now on (its lock is released when the process exits)."""
+        self.locks.mkdir(exist_ok=True)
+        for port in candidates:
+            if port in self.taken:
+                continue
+            fd = os.open(self.locks / str(port), os.O_RDWR | os.O_CREAT, 0o666)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                continue
+            if not _bindable(port):
+                os.close(fd)
+                continue
+            self.taken[port] = fd
+            return port
+        raise ServiceUnavailable(
+            f"every port of {candidates} is taken or in use: stop what a crashed run left "
+            f"listening (ss -ltnp), then run again"
+        )
+
+
+_ports = PortPool(PORT_LOCKS)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 for a service this process starts, that no one else takes.
+
+    A port the kernel picked (a bind to port 0, then closed) could be picked again before the
+    service binds it: for another worker's bind to port 0, or as the local port of any
+    outgoing connection. So the port is outside the kernel's ephemeral range, and reserved
+    across processes (:class:`PortPool`) until this process exits: nothing listens on it but
+    what this process starts there.
+    """
+    if not _EPHEMERAL.exists():  # not Linux: the kernel's pick, as good as it gets
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            return int(s.getsockname()[1])
+    return _ports.take(_candidates())
 
 
 def _wait(check: Callable[[], bool], timeout: float, what: str) -> None:

@@ -14,7 +14,6 @@ import io
 import os
 import shutil
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -29,6 +28,7 @@ import pytest
 from runner.lifecycle import main
 from runner.lifecycle.durations import DurationError, parse_duration
 from tests.conftest import ROOT, run_cli
+from tests.services import free_port
 
 DAY = 86_400_000
 HOUR = 3_600_000
@@ -497,18 +497,12 @@ def test_cli_subprocess(store: Store) -> None:
 
 
 # -- the same through a tracking server -------------------------------------------------------
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture
 def server(store: Store) -> Iterator[str]:
     """``mlflow server`` over the test's store copy."""
     import requests
 
-    port = _free_port()
+    port = free_port()
     log = (store.dir / "server.log").open("w")
     proc = subprocess.Popen(
         [

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ import pytest
 import yaml
 
 from tests.conftest import ROOT, run_python
+from tests.services import free_port
 
 APP = Path(__file__).parent / "apps" / "tutorial"
 CALLBACK = "+hydra.callbacks.mlflow._target_=runner.tracking.callback.MLflowCallback"
@@ -200,17 +200,11 @@ def test_a_failing_task_ends_its_run_failed(app: Path) -> None:
     assert "the task failed on purpose" in run.data.tags["runner.error"]
 
 
-def _closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def test_a_misconfigured_callback_is_never_silent(app: Path) -> None:
     proc = run_app(app, CALLBACK, "+hydra.callbacks.mlflow.bogus=1", check=False)
     assert proc.returncode != 0
     assert "unknown argument(s) bogus" in proc.stderr and "tracking_uri" in proc.stderr
-    down = f"http://127.0.0.1:{_closed_port()}"
+    down = f"http://127.0.0.1:{free_port()}"
     for args in ([], ["-m", "x=0.1,0.2"]):
         # Stock Hydra's argparse wants `-m` before the overrides.
         proc = run_app(

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 import sys
 import tempfile
 from collections.abc import Callable, Iterator
@@ -21,6 +20,7 @@ import yaml
 
 from runner import diff, replay
 from tests.conftest import run_cli
+from tests.services import free_port
 
 # -- fixtures ---------------------------------------------------------------------------------
 
@@ -359,12 +359,6 @@ def test_diff_table_and_json(
 # -- bad input --------------------------------------------------------------------------------
 
 
-def _closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def test_bad_input_errors(store: Store, capsys: pytest.CaptureFixture[str]) -> None:
     c = store.client
     code, _, err = _replay(store, "0" * 32, capsys=capsys)
@@ -376,7 +370,7 @@ def test_bad_input_errors(store: Store, capsys: pytest.CaptureFixture[str]) -> N
     code, _, err = _replay(store, bare, capsys=capsys)
     assert code == 2 and "has no .hydra/config.yaml" in err
 
-    ftp = c.create_experiment("ftp-artifacts", f"ftp://127.0.0.1:{_closed_port()}/a")
+    ftp = c.create_experiment("ftp-artifacts", f"ftp://127.0.0.1:{free_port()}/a")
     far = c.create_run(ftp).info.run_id
     c.set_terminated(far)
     code, _, err = _replay(store, far, capsys=capsys)
@@ -393,7 +387,7 @@ def test_bad_input_errors(store: Store, capsys: pytest.CaptureFixture[str]) -> N
     assert code == 2 and "no longer composes" in err and "nope" in err
 
     for args in (
-        ["x", "--tracking-uri", f"http://127.0.0.1:{_closed_port()}"],
+        ["x", "--tracking-uri", f"http://127.0.0.1:{free_port()}"],
         ["x", "--tracking-uri", "sqlite:////nonexistent/dir/mlflow.db"],
     ):
         assert replay.main(args) == 2

@@ -14,6 +14,11 @@ need it, with the reason and the fix (CI installs both: ``.ci/run``).
   environment, which ``run_cli`` passes on, so the jobs' drivers connect.
 - ``sqlite_server`` (from tests/backends/conftest.py): a tracking server the jobs log to
   (``backend=server backend.uri=<sqlite_server.url>``).
+
+Under pytest-xdist one worker runs every test of this directory (tests/conftest.py's
+scheduler): the machine has one SLURM cluster, a second Ray head node would want the first
+one's fixed ports (its client server's 10001), and each engine's 2 CPUs are sized for one
+test at a time.
 """
 
 from __future__ import annotations
