@@ -65,7 +65,13 @@ def _candidates() -> range:
     low, high = (int(v) for v in _EPHEMERAL.read_text().split())
     if low - _LOWEST >= 1000:
         return range(_LOWEST, low)
-    return range(max(high + 1, _LOWEST), 65536)
+    if 65536 - max(high + 1, _LOWEST) >= 1000:
+        return range(max(high + 1, _LOWEST), 65536)
+    raise ServiceUnavailable(
+        f"the kernel's ephemeral ports ({low}-{high}, {_EPHEMERAL}) leave no 1000 ports "
+        f"from {_LOWEST} for the test services: narrow them, e.g. "
+        f"sysctl -w net.ipv4.ip_local_port_range='32768 60999'"
+    )
 
 
 def _bindable(port: int) -> bool:

@@ -157,3 +157,20 @@ def test_the_cluster_tests_run_on_one_worker() -> None:
     assert len(ran) == 4, proc.stdout
     workers = {worker for worker, test in ran if test.startswith("tests/launchers/")}
     assert len(workers) == 1, ran
+
+
+@pytest.mark.parametrize(
+    ("ephemeral", "first"), [("32768 60999", 20000), ("10000 20500", 20501), ("1024 65535", None)]
+)
+def test_the_ports_left_beside_the_kernel_range(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ephemeral: str, first: int | None
+) -> None:
+    from tests import services
+
+    (tmp_path / "range").write_text(ephemeral + "\n")
+    monkeypatch.setattr(services, "_EPHEMERAL", tmp_path / "range")
+    if first is None:
+        with pytest.raises(ServiceUnavailable, match=r"1024-65535.*ip_local_port_range"):
+            services._candidates()
+    else:
+        assert services._candidates()[0] == first
