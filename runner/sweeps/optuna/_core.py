@@ -177,7 +177,7 @@ class OptunaSweep:
         """
         from runner.sweeps.optuna import _worker, warm
 
-        ctx = _worker.start_forkserver(warm.preloads(self.config))
+        ctx = _worker.start_forkserver(warm.server_preloads(self.config))
         return cf.ProcessPoolExecutor(
             max_workers=self.n_jobs,
             mp_context=ctx,

@@ -24,7 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from runner.errors import RunnerError
 
-__all__ = ["StartWorkers", "import_ahead", "preloads", "uses_pool"]
+__all__ = ["StartWorkers", "import_ahead", "preloads", "server_preloads", "uses_pool"]
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +41,7 @@ class StartWorkers(Callback):
             return
         from runner.sweeps.optuna import _worker
 
-        _worker.start_forkserver(preloads(config))
+        _worker.start_forkserver(server_preloads(config))
 
 
 def uses_pool(config: DictConfig) -> bool:
@@ -106,6 +106,23 @@ def preloads(config: DictConfig) -> list[str]:
     return list(dict.fromkeys(modules))
 
 
+#: Imported by the forkserver after its preloads: MLflow's first-use work, done once there.
+SERVER_WARM_UP = "runner.sweeps.optuna._forkserver_warm"
+
+
+def server_preloads(config: DictConfig) -> list[str]:
+    """What the ``n_jobs`` workers' forkserver imports: :func:`preloads`, then, when the
+    trials log models, :data:`SERVER_WARM_UP`, whose import does MLflow's first-use work
+    once for every worker forked after it (as :func:`import_ahead` does for a launched
+    worker)."""
+    modules = preloads(config)
+    return [*modules, SERVER_WARM_UP] if _logs_models(modules) else modules
+
+
+def _logs_models(modules: list[str]) -> bool:
+    return "mlflow.pyfunc" in modules  # preloaded exactly when the trials log models
+
+
 def import_ahead(config: DictConfig) -> None:
     """Import now what a trial of ``config``'s sweep would import at its first use.
 
@@ -120,7 +137,7 @@ def import_ahead(config: DictConfig) -> None:
 
     modules = preloads(config)
     import_quietly([*modules, *target_modules(config)])
-    if "mlflow.pyfunc" in modules:  # preloaded exactly when the trials log models
+    if _logs_models(modules):
         from runner.tracking.store import warm_up
 
         try:
